@@ -1,0 +1,51 @@
+"""How many threads the Cython kernels use.
+
+Every kernel takes ``threads=None``; None means the process-wide default, which
+is ``CNN_NUM_THREADS`` from the environment, else the cores this process may run
+on. ``set_num_threads`` changes the default at run time.
+"""
+import os
+
+_default = None
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _parse(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return n
+
+
+def get_num_threads():
+    """The default thread count for kernels called with ``threads=None``."""
+    if _default is not None:
+        return _default
+    env = os.environ.get("CNN_NUM_THREADS")
+    if env:
+        return _parse(env, "CNN_NUM_THREADS")
+    return _cores()
+
+
+def set_num_threads(n):
+    """Set the default thread count; ``None`` goes back to the environment/cores."""
+    global _default
+    _default = None if n is None else _parse(n, "threads")
+
+
+def resolve_threads(threads):
+    """The thread count a kernel should use for its ``threads`` argument."""
+    if threads is None:
+        return get_num_threads()
+    return _parse(threads, "threads")

@@ -1,0 +1,14 @@
+"""The ``naive`` backend: direct loop formulas in NumPy, for small shapes and checks."""
+from cnn.reference.conv import conv2d_forward_naive as conv2d_forward
+from cnn.reference.conv import conv2d_backward_naive as conv2d_backward
+from cnn.reference.pool import maxpool2d_forward_naive as maxpool2d_forward
+from cnn.reference.pool import maxpool2d_backward_naive as maxpool2d_backward
+from cnn.reference.pool import avgpool2d_forward_naive as avgpool2d_forward
+from cnn.reference.pool import avgpool2d_backward_naive as avgpool2d_backward
+from cnn.reference.relu import relu_forward_naive as relu_forward
+from cnn.reference.relu import relu_backward_naive as relu_backward
+from cnn.reference.dense import dense_forward_naive as dense_forward
+from cnn.reference.dense import dense_backward_naive as dense_backward
+from cnn.reference.softmax import softmax_cross_entropy_naive as softmax_cross_entropy
+from cnn.reference.batchnorm import batchnorm2d_forward_naive as batchnorm2d_forward
+from cnn.reference.batchnorm import batchnorm2d_backward_naive as batchnorm2d_backward

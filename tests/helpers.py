@@ -1,0 +1,98 @@
+"""One helper to check an op: its backends against each other, and its
+gradients against central differences."""
+import numpy as np
+
+from cnn.backends import get_backend
+
+# float32 kernels sum in a different order than NumPy, so compare relative to
+# the scale of the values rather than element by element.
+TOLERANCE = {np.dtype(np.float32): dict(rtol=2e-4, atol=2e-4),
+             np.dtype(np.float64): dict(rtol=1e-9, atol=1e-9)}
+
+
+def assert_close(actual, expected, dtype=None, name="value"):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    if dtype is not None:
+        assert actual.dtype == np.dtype(dtype), f"{name}: dtype {actual.dtype} != {dtype}"
+    tol = TOLERANCE[np.dtype(dtype or actual.dtype)]
+    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale,
+                               err_msg=name)
+
+
+def as_tuple(grads):
+    return grads if isinstance(grads, tuple) else (grads,)
+
+
+def compare_backends(op, args, kwargs=None, backends=("cython", "python"), seed=0,
+                     grad_names=None):
+    """Run ``op``'s forward and backward on each backend with the same inputs and
+    the same upstream gradient; assert every output and gradient agrees with the
+    first backend's. Returns the first backend's (out, grads).
+
+    ``op`` is a family name such as "conv2d" (uses NAME_forward/NAME_backward).
+    Inputs are copied for every backend, so ops that update arguments in place
+    (batch norm's running statistics) see the same values each time.
+    """
+    kwargs = kwargs or {}
+    rng = np.random.default_rng(seed)
+    results = []
+    dout = None
+    for name in backends:
+        backend = get_backend(name)
+        call_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        out, cache = getattr(backend, f"{op}_forward")(*call_args, **kwargs)
+        if dout is None:
+            dout = rng.standard_normal(out.shape).astype(out.dtype)
+        grads = as_tuple(getattr(backend, f"{op}_backward")(dout.copy(), cache))
+        results.append((name, out, grads, call_args))
+    ref_name, ref_out, ref_grads, ref_args = results[0]
+    dtype = ref_out.dtype
+    for name, out, grads, call_args in results[1:]:
+        assert_close(out, ref_out, dtype, f"{op} forward: {name} vs {ref_name}")
+        assert len(grads) == len(ref_grads)
+        for i, (g, r) in enumerate(zip(grads, ref_grads)):
+            label = grad_names[i] if grad_names else f"gradient {i}"
+            assert_close(g, r, dtype, f"{op} backward {label}: {name} vs {ref_name}")
+        for a, r in zip(call_args, ref_args):  # in-place updates agree too
+            if isinstance(a, np.ndarray):
+                assert_close(a, r, dtype, f"{op} in-place argument: {name} vs {ref_name}")
+    return ref_out, ref_grads
+
+
+def numerical_gradient(f, x, dout, h=1e-6):
+    """d sum(f(x) * dout) / dx by central differences; f returns an array."""
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        plus = np.sum(f(x) * dout)
+        flat[i] = old - h
+        minus = np.sum(f(x) * dout)
+        flat[i] = old
+        gflat[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def check_gradients(forward, backward, args, wrt, seed=0, rtol=1e-5, atol=1e-7):
+    """Check backward's gradients against central differences, in float64.
+
+    forward(*args) -> (out, cache); backward(dout, cache) -> the gradients of
+    the arguments whose indices are listed in ``wrt``, in that order.
+    """
+    rng = np.random.default_rng(seed)
+    args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    out, cache = forward(*args)
+    dout = rng.standard_normal(out.shape)
+    grads = as_tuple(backward(dout.copy(), cache))
+    assert len(grads) == len(wrt)
+    for index, grad in zip(wrt, grads):
+        def f(value, index=index):
+            call = list(args)
+            call[index] = value
+            return forward(*call)[0]
+        expected = numerical_gradient(f, args[index].copy(), dout)
+        np.testing.assert_allclose(grad, expected, rtol=rtol, atol=atol,
+                                   err_msg=f"gradient of argument {index}")
