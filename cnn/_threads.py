@@ -49,3 +49,14 @@ def resolve_threads(threads):
     if threads is None:
         return get_num_threads()
     return _parse(threads, "threads")
+
+
+# Waking a second thread costs microseconds, and on a busy machine a parallel
+# region can wait a whole scheduler tick for it: below this many elements of
+# work per thread, a kernel runs serially.
+MIN_WORK_PER_THREAD = 32768
+
+
+def threads_for(threads, work):
+    """Threads worth using for ``work`` elements of memory-bound work."""
+    return max(1, min(resolve_threads(threads), work // MIN_WORK_PER_THREAD))
