@@ -4,12 +4,16 @@ Every kernel takes ``threads=None``; None means the process-wide default, which
 is ``CNN_NUM_THREADS`` from the environment, else the cores this process may run
 on. ``set_num_threads`` changes the default at run time.
 """
+import functools
 import os
 
 _default = None
 
 
+@functools.lru_cache(maxsize=None)
 def _cores():
+    # Asked once: every kernel call resolves its thread count, and the system
+    # call costs microseconds.
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

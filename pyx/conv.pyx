@@ -1,34 +1,34 @@
-"""conv2d forward and backward: batch-wide im2col + one GEMM per product.
+"""conv2d forward and backward: im2col + GEMM, parallel over the batch.
 
-Layout: NCHW, C-contiguous. The patch matrix ``cols`` is (K, N*P) with
-K = C*KH*KW rows (one per filter tap, in w's memory order) and one column per
-output pixel of the batch, image by image (P = H'*W'). Then
+Layout: NCHW, C-contiguous. For one image the patch matrix ``cols`` is
+(K, P) with K = C*KH*KW rows (one per filter tap, in w's memory order) and
+P = H'*W' columns (one per output pixel), so that
 
-    out2   (F, N*P) = w (F, K) @ cols (K, N*P)
-    dw     (F, K)   = dout2 (F, N*P) @ cols.T
-    dcols  (K, N*P) = w.T (K, F) @ dout2 (F, N*P)    then col2im adds into dx
+    out[n] (F, P)  = w (F, K) @ cols (K, P)          one GEMM, written in place
+    dw     (F, K) += dout[n] (F, P) @ cols.T (P, K)
+    dcols  (K, P)  = w.T (K, F) @ dout[n] (F, P)     then col2im adds into dx[n]
 
-where out2/dout2 are out/dout with the batch axis moved inside the filter axis
-(a copy of contiguous P-long rows). Each product is one large GEMM, which
-OpenBLAS runs on all threads near its peak; many small per-image GEMMs called
-concurrently from OpenMP threads measured 25% slower here.
+Parallel axis: images. Each thread owns a (K, P) workspace that stays in its
+L2 cache between im2col and the GEMM reading it; out[n] and dx[n] are disjoint
+per image, so no two threads write the same element. dw and db are reductions
+over images: each thread sums into its own slice of a (threads, F, K) buffer
+and the slices are added once the parallel loop is over.
 
-Parallel axis: images, for im2col, col2im and the NCHW <-> (F, N*P) copies.
-Image n only touches its own columns n*P..(n+1)*P-1 of cols/dcols and its own
-slice of x/dx/out, so no two threads write the same element. db is a sum over
-the batch, parallel over filters (one thread per row of dout2). dw's reduction
-over the batch happens inside the GEMM.
-
-The forward pass keeps ``cols`` in its cache so backward does not rebuild it.
+BLAS threads: while the images are split over OpenMP threads, each GEMM runs
+single-threaded (threadpoolctl limits SciPy's OpenBLAS), so one pool of threads
+does all the work. The alternative, one batch-wide GEMM on OpenBLAS's threads
+between parallel im2col/col2im passes, measured 55-70 GFLOP/s against ~100 for
+this design on 2 cores: OpenBLAS's workers busy-wait after each call and take
+cores from the OpenMP threads that come next. With fewer images than threads
+(a batch of one) the loop runs serially and BLAS gets the threads instead.
 """
 import numpy as np
 
-from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from cython.parallel cimport prange, threadid
+from libc.string cimport memset
 
 from cnn._checks import check_conv2d, check_dout
-from cnn._blas_threads import blas_threads
-from cnn._threads import resolve_threads
+from cnn._blas_threads import split_threads, blas_threads
 
 include "gemm.pxi"
 
@@ -50,12 +50,11 @@ cdef inline Py_ssize_t end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_
     return last if last < out else out
 
 
-cdef void im2col(const floating* x, floating* cols, Py_ssize_t ld,
+cdef void im2col(const floating* x, floating* cols,
                  Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                  Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
-    """One image x (C, H, W) into its Hout*Wout columns of cols (C*KH*KW rows,
-    row stride ld); padding reads as 0."""
+    """cols (C*KH*KW, Hout*Wout) from one image x (C, H, W); padding reads as 0."""
     cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi, oh_lo, oh_hi, iw0
     cdef floating* dst
     cdef const floating* src
@@ -77,21 +76,23 @@ cdef void im2col(const floating* x, floating* cols, Py_ssize_t ld,
                     if ow_lo > 0:
                         memset(dst, 0, ow_lo * sizeof(floating))
                     if sw == 1:
-                        memcpy(dst + ow_lo, src + ow_lo + iw0, (ow_hi - ow_lo) * sizeof(floating))
+                        # Rows are short (a few dozen values): an inline loop the
+                        # compiler vectorises beats a memcpy call here.
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow] = src[ow + iw0]
                     else:
                         for ow in range(ow_lo, ow_hi):
                             dst[ow] = src[ow * sw + iw0]
                     if ow_hi < Wout:
                         memset(dst + ow_hi, 0, (Wout - ow_hi) * sizeof(floating))
-                cols += ld
+                cols += Hout * Wout
 
 
-cdef void col2im(const floating* cols, Py_ssize_t ld, floating* x,
+cdef void col2im(const floating* cols, floating* x,
                  Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                  Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
-    """Add one image's Hout*Wout columns of cols (row stride ld) back into x
-    (C, H, W), zeroed first.
+    """Add cols (C*KH*KW, Hout*Wout) back into one image x (C, H, W), zeroed first.
 
     The adjoint of im2col: overlapping windows accumulate, padding is dropped.
     """
@@ -116,73 +117,65 @@ cdef void col2im(const floating* cols, Py_ssize_t ld, floating* x,
                     else:
                         for ow in range(ow_lo, ow_hi):
                             dst[ow * sw] += src[ow]
-                cols += ld
+                cols += Hout * Wout
 
 
-cdef void im2col_batch(const floating[:, :, :, ::1] x, floating[:, ::1] cols,
-                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Hout, Py_ssize_t Wout,
-                       int threads) noexcept nogil:
-    cdef Py_ssize_t n, P = Hout * Wout
-    for n in prange(x.shape[0], num_threads=threads, schedule="static"):
-        im2col(&x[n, 0, 0, 0], &cols[0, n * P], cols.shape[1], x.shape[1], x.shape[2],
-               x.shape[3], KH, KW, sh, sw, ph, pw, Hout, Wout)
-
-
-cdef void col2im_batch(const floating[:, ::1] dcols, floating[:, :, :, ::1] dx,
-                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Hout, Py_ssize_t Wout,
-                       int threads) noexcept nogil:
-    cdef Py_ssize_t n, P = Hout * Wout
-    for n in prange(dx.shape[0], num_threads=threads, schedule="static"):
-        col2im(&dcols[0, n * P], dcols.shape[1], &dx[n, 0, 0, 0], dx.shape[1], dx.shape[2],
-               dx.shape[3], KH, KW, sh, sw, ph, pw, Hout, Wout)
-
-
-cdef void unfold_batch_add_bias(const floating[:, ::1] out2, const floating[::1] b,
-                                floating[:, :, ::1] out, int threads) noexcept nogil:
-    """out[n, f, :] = out2[f, n*P:(n+1)*P] + b[f]."""
-    cdef Py_ssize_t N = out.shape[0], F = out.shape[1], P = out.shape[2]
+cdef void conv2d_forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
+                                const floating[::1] b, floating[:, :, ::1] out,
+                                floating[:, :, ::1] work, Py_ssize_t KH, Py_ssize_t KW,
+                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                                Py_ssize_t Hout, Py_ssize_t Wout, int loop_threads) noexcept nogil:
+    """out (N, F, P) = w2 (F, K) @ im2col(x[n]) + b, one image per iteration."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w2.shape[0], K = w2.shape[1], P = Hout * Wout
     cdef Py_ssize_t n, f, p
-    cdef const floating* src
-    cdef floating* dst
-    cdef floating bias
-    for n in prange(N, num_threads=threads, schedule="static"):
+    cdef int tid
+    cdef floating* cols
+    cdef floating* o
+    for n in prange(N, num_threads=loop_threads, schedule="static"):
+        tid = threadid()
+        cols = &work[tid, 0, 0]
+        im2col(&x[n, 0, 0, 0], cols, C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
+        o = &out[n, 0, 0]
         for f in range(F):
-            src = &out2[f, n * P]
-            dst = &out[n, f, 0]
-            bias = b[f]
             for p in range(P):
-                dst[p] = src[p] + bias
+                o[f * P + p] = b[f]
+        gemm_rowmajor(False, False, <int>F, <int>P, <int>K, <floating>1.0, &w2[0, 0], <int>K,
+                      cols, <int>P, <floating>1.0, o, <int>P)
 
 
-cdef void fold_batch(const floating[:, :, ::1] dout, floating[:, ::1] dout2,
-                     int threads) noexcept nogil:
-    """dout2[f, n*P:(n+1)*P] = dout[n, f, :]."""
-    cdef Py_ssize_t N = dout.shape[0], F = dout.shape[1], P = dout.shape[2]
-    cdef Py_ssize_t n, f
-    for n in prange(N, num_threads=threads, schedule="static"):
-        for f in range(F):
-            memcpy(&dout2[f, n * P], &dout[n, f, 0], P * sizeof(floating))
-
-
-cdef void row_sums(const floating[:, ::1] a, floating[::1] sums, int threads) noexcept nogil:
-    cdef Py_ssize_t f, q
+cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
+                                 const floating[:, :, ::1] dout, floating[:, :, :, ::1] dx,
+                                 floating[:, :, ::1] dw_parts, floating[:, ::1] db_parts,
+                                 floating[:, :, ::1] work, floating[:, :, ::1] dwork,
+                                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Hout, Py_ssize_t Wout,
+                                 int loop_threads) noexcept nogil:
+    """dx[n] = col2im(w2.T @ dout[n]); thread t adds its images' dw, db into part t."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w2.shape[0], K = w2.shape[1], P = Hout * Wout
+    cdef Py_ssize_t n, f, p
+    cdef int tid
+    cdef floating* cols
+    cdef floating* dcols
+    cdef const floating* d
     cdef floating acc
-    for f in prange(a.shape[0], num_threads=threads, schedule="static"):
-        acc = 0
-        for q in range(a.shape[1]):
-            acc = acc + a[f, q]
-        sums[f] = acc
-
-
-cdef void matmul(bint trans_a, bint trans_b, const floating[:, ::1] a,
-                 const floating[:, ::1] b, floating[:, ::1] c) noexcept nogil:
-    """c = op(a) @ op(b), shapes already checked by the caller."""
-    cdef int k = a.shape[0] if trans_a else a.shape[1]
-    gemm_rowmajor(trans_a, trans_b, <int>c.shape[0], <int>c.shape[1], k, <floating>1.0,
-                  &a[0, 0], <int>a.shape[1], &b[0, 0], <int>b.shape[1], <floating>0.0,
-                  &c[0, 0], <int>c.shape[1])
+    for n in prange(N, num_threads=loop_threads, schedule="static"):
+        tid = threadid()
+        cols = &work[tid, 0, 0]
+        dcols = &dwork[tid, 0, 0]
+        d = &dout[n, 0, 0]
+        im2col(&x[n, 0, 0, 0], cols, C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
+        gemm_rowmajor(False, True, <int>F, <int>K, <int>P, <floating>1.0, d, <int>P,
+                      cols, <int>P, <floating>1.0, &dw_parts[tid, 0, 0], <int>K)
+        for f in range(F):
+            acc = 0
+            for p in range(P):
+                acc = acc + d[f * P + p]
+            db_parts[tid, f] += acc
+        gemm_rowmajor(True, False, <int>K, <int>P, <int>F, <floating>1.0, &w2[0, 0], <int>K,
+                      d, <int>P, <floating>0.0, dcols, <int>P)
+        col2im(dcols, &dx[n, 0, 0, 0], C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
 
 
 def _check_blas_sizes(*sizes):
@@ -202,59 +195,48 @@ def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     K, P = C * KH * KW, Hout * Wout
-    _check_blas_sizes(F, K, N * P)
-    nt = resolve_threads(threads)
-    cols = np.empty((K, N * P), dtype=x.dtype)
-    out2 = np.empty((F, N * P), dtype=x.dtype)
+    _check_blas_sizes(F, K, P)
+    loop_threads, gemm_threads = split_threads(threads, N)
     out = np.empty((N, F, P), dtype=x.dtype)
+    work = np.empty((loop_threads, K, P), dtype=x.dtype)
     w2 = w.reshape(F, K)
-    with blas_threads(nt):
+    with blas_threads(gemm_threads):
         if x.dtype == np.float32:
-            im2col_batch[float](x, cols, KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                Hout, Wout, nt)
-            matmul[float](False, False, w2, cols, out2)
-            unfold_batch_add_bias[float](out2, b, out, nt)
+            conv2d_forward_kernel[float](x, w2, b, out, work, KH, KW, stride[0], stride[1],
+                                         pad[0], pad[1], Hout, Wout, loop_threads)
         else:
-            im2col_batch[double](x, cols, KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                 Hout, Wout, nt)
-            matmul[double](False, False, w2, cols, out2)
-            unfold_batch_add_bias[double](out2, b, out, nt)
-    return out.reshape(N, F, Hout, Wout), (x, w, b, stride, pad, cols)
+            conv2d_forward_kernel[double](x, w2, b, out, work, KH, KW, stride[0], stride[1],
+                                          pad[0], pad[1], Hout, Wout, loop_threads)
+    return out.reshape(N, F, Hout, Wout), (x, w, b, stride, pad)
 
 
 def conv2d_backward(dout, cache, *, threads=None):
     """Gradients of conv2d_forward: (dx, dw, db) shaped like (x, w, b)."""
-    x, w, b, stride, pad, cols = cache
+    x, w, b, stride, pad = cache
     # Re-validate the cached arrays: the kernels trust every shape they are given.
     x, w, b, stride, pad, (Hout, Wout) = check_conv2d(x, w, b, stride, pad)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    K, P = C * KH * KW, Hout * Wout
-    if not (isinstance(cols, np.ndarray) and cols.shape == (K, N * P)
-            and cols.dtype == x.dtype and cols.flags.c_contiguous):
-        raise ValueError("cache does not come from this backend's conv2d_forward")
     dout = check_dout(dout, (N, F, Hout, Wout), x.dtype)
-    nt = resolve_threads(threads)
-    dout2 = np.empty((F, N * P), dtype=x.dtype)
-    dcols = np.empty((K, N * P), dtype=x.dtype)
-    dw = np.empty((F, K), dtype=x.dtype)
-    db = np.empty(F, dtype=x.dtype)
+    K, P = C * KH * KW, Hout * Wout
+    _check_blas_sizes(F, K, P)
+    loop_threads, gemm_threads = split_threads(threads, N)
     dx = np.empty_like(x)
+    dw_parts = np.zeros((loop_threads, F, K), dtype=x.dtype)
+    db_parts = np.zeros((loop_threads, F), dtype=x.dtype)
+    work = np.empty((loop_threads, K, P), dtype=x.dtype)
+    dwork = np.empty((loop_threads, K, P), dtype=x.dtype)
     w2 = w.reshape(F, K)
     d3 = dout.reshape(N, F, P)
-    with blas_threads(nt):
+    with blas_threads(gemm_threads):
         if x.dtype == np.float32:
-            fold_batch[float](d3, dout2, nt)
-            row_sums[float](dout2, db, nt)
-            matmul[float](False, True, dout2, cols, dw)
-            matmul[float](True, False, w2, dout2, dcols)
-            col2im_batch[float](dcols, dx, KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                Hout, Wout, nt)
+            conv2d_backward_kernel[float](x, w2, d3, dx, dw_parts, db_parts, work, dwork,
+                                          KH, KW, stride[0], stride[1], pad[0], pad[1],
+                                          Hout, Wout, loop_threads)
         else:
-            fold_batch[double](d3, dout2, nt)
-            row_sums[double](dout2, db, nt)
-            matmul[double](False, True, dout2, cols, dw)
-            matmul[double](True, False, w2, dout2, dcols)
-            col2im_batch[double](dcols, dx, KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                 Hout, Wout, nt)
+            conv2d_backward_kernel[double](x, w2, d3, dx, dw_parts, db_parts, work, dwork,
+                                           KH, KW, stride[0], stride[1], pad[0], pad[1],
+                                           Hout, Wout, loop_threads)
+    dw = dw_parts.sum(axis=0) if loop_threads > 1 else dw_parts[0]
+    db = db_parts.sum(axis=0) if loop_threads > 1 else db_parts[0]
     return dx, dw.reshape(w.shape), db

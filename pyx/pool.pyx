@@ -5,10 +5,22 @@ out as (N*C, H', W'); window (i, j) of a plane covers rows i*sh .. i*sh+KH-1
 and columns j*sw .. j*sw+KW-1.
 
 Max pool remembers, for every output, the flat index (row * W + col) of its
-maximum within the H*W plane, as int64 in the cache. Ties go to the first
-maximum in row-major window order, and a NaN beats any number (the first NaN
-wins), which is np.argmax's rule, so the NumPy reference picks the same element.
-The common 2x2 stride-2 window has its own unrolled loop.
+maximum within the H*W plane, as int64 in the cache. Ties go to the LAST
+maximum in row-major window order (the layer notes' rule: "when we have
+multiple max values that are equal we take the index of the last one in the
+window"), and a NaN counts as larger than any number, the last NaN winning
+too. So the running max moves to every element v with v >= max or v a NaN
+(see beats), a number never displacing a NaN; the NumPy reference picks the
+same element (np.argmax over the reversed window).
+The running max is branch-free (the comparison on real data is a coin toss for
+the branch predictor): the value is a max, the index moves under a 0/-1 mask
+from v >= max, and the loops over a row of windows vectorise. That fast loop
+ignores the NaN rule but notes any NaN it reads; such a plane is redone by the
+exact, branchy, window-at-a-time loop. The common 2x2 stride-2 window has its
+own unrolled loop.
+
+Average pool sums each window in row-major order and divides by KH*KW, the
+order the NumPy reference adds its strided slices in, so both round alike.
 
 Parallel axis: planes. A plane's outputs, and in backward its dx, are written
 by the one thread that owns the plane, so overlapping windows (stride <
@@ -34,72 +46,138 @@ GRAIN = 16384  # elements per thread, at least
 
 
 cdef inline bint beats(floating v, floating best) noexcept nogil:
-    """v becomes the running max: strictly greater, or the first NaN (np.argmax's rule)."""
-    return v > best or (v != v and best == best)
+    """v becomes the running max: v >= best (so the last of equal maxima wins), or v
+    is a NaN (a NaN is above everything, and the last NaN wins). A number after a
+    NaN best fails v >= best (comparisons with NaN are false) and is not a NaN, so
+    it never displaces the NaN."""
+    return v >= best or v != v
 
 
-cdef void maxpool_plane(const floating* x, floating* out, int64_t* arg,
-                        Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
-                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
-                        Py_ssize_t Wout) noexcept nogil:
-    """out, arg (Hout, Wout) from one plane x (H, W)."""
-    cdef Py_ssize_t i, j, kh, kw, base, row, best_at, c
-    cdef const floating* r0
-    cdef const floating* r1
+cdef void maxpool_plane_exact(const floating* x, floating* out, int64_t* arg,
+                              Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
+                              Py_ssize_t Wout) noexcept nogil:
+    """out, arg (Hout, Wout) from one plane x (H, W), one window at a time, NaN rule
+    included. Branchy, so only used for the rare plane that holds a NaN."""
+    cdef Py_ssize_t i, j, kh, kw, base, row
     cdef floating best, v
-    if KH == 2 and KW == 2 and sh == 2 and sw == 2:
-        for i in range(Hout):
-            base = 2 * i * W
-            r0 = x + base
-            r1 = r0 + W
-            for j in range(Wout):
-                c = 2 * j
-                best = r0[c]
-                best_at = base + c
-                v = r0[c + 1]
-                if beats(v, best):
-                    best = v
-                    best_at = base + c + 1
-                v = r1[c]
-                if beats(v, best):
-                    best = v
-                    best_at = base + W + c
-                v = r1[c + 1]
-                if beats(v, best):
-                    best = v
-                    best_at = base + W + c + 1
-                out[j] = best
-                arg[j] = best_at
-            out += Wout
-            arg += Wout
-        return
+    cdef int64_t at
     for i in range(Hout):
         for j in range(Wout):
             base = i * sh * W + j * sw
             best = x[base]
-            best_at = base
+            at = base
             for kh in range(KH):
                 row = base + kh * W
                 for kw in range(KW):
                     v = x[row + kw]
                     if beats(v, best):
                         best = v
-                        best_at = row + kw
-            out[j] = best
-            arg[j] = best_at
-        out += Wout
-        arg += Wout
+                        at = row + kw
+            out[i * Wout + j] = best
+            arg[i * Wout + j] = at
+
+
+cdef bint maxpool_plane(const floating* x, floating* out, int64_t* arg,
+                        Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
+                        Py_ssize_t Wout) noexcept nogil:
+    """out, arg (Hout, Wout) from one plane x (H, W), NaN aside; True if x had a NaN.
+
+    The running max takes every value >= it, so the last max in row-major
+    window order wins. Branch-free: the value is a max (written
+    best if best > v else v, which is maxss/maxps exactly, and without NaN
+    equals v if v >= best else best, so equal values, -0.0 and 0.0 included,
+    give the later element's value, the one at the index), the index moves by a
+    mask (-1 or 0 from v >= best), and the NaN flag is or-ed up, so the compiler
+    vectorises the offset-major loops and random data costs no mispredicted
+    branches.
+    """
+    cdef Py_ssize_t i, j, kh, kw, base, c, at
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef floating* o
+    cdef int64_t* a
+    cdef floating best, v
+    cdef int64_t best_at, t
+    cdef int nan = 0
+    if KH == 2 and KW == 2 and sh == 2 and sw == 2:
+        # One window at a time, its four values in registers.
+        for i in range(Hout):
+            base = 2 * i * W
+            r0 = x + base
+            r1 = r0 + W
+            o = out + i * Wout
+            a = arg + i * Wout
+            for j in range(Wout):
+                c = 2 * j
+                best = r0[c]
+                best_at = base + c
+                nan = nan | (best != best)
+                v = r0[c + 1]
+                t = v >= best
+                nan = nan | (v != v)
+                best = best if best > v else v
+                best_at = best_at + ((base + c + 1 - best_at) & -t)
+                v = r1[c]
+                t = v >= best
+                nan = nan | (v != v)
+                best = best if best > v else v
+                best_at = best_at + ((base + W + c - best_at) & -t)
+                v = r1[c + 1]
+                t = v >= best
+                nan = nan | (v != v)
+                best = best if best > v else v
+                best_at = best_at + ((base + W + c + 1 - best_at) & -t)
+                o[j] = best
+                a[j] = best_at
+        return nan
+    # Offset-major: the running max of every window of the plane is updated with
+    # the window element at offset (kh, kw), offsets in row-major order. The j
+    # loop is contiguous when sw == 1.
+    for kh in range(KH):
+        for kw in range(KW):
+            for i in range(Hout):
+                at = (i * sh + kh) * W + kw
+                r0 = x + at
+                o = out + i * Wout
+                a = arg + i * Wout
+                if kh == 0 and kw == 0:
+                    for j in range(Wout):
+                        v = r0[j * sw]
+                        nan = nan | (v != v)
+                        o[j] = v
+                        a[j] = at + j * sw
+                elif sw == 1:
+                    for j in range(Wout):
+                        v = r0[j]
+                        best = o[j]
+                        t = v >= best
+                        nan = nan | (v != v)
+                        o[j] = best if best > v else v
+                        a[j] = a[j] + ((at + j - a[j]) & -t)
+                else:
+                    for j in range(Wout):
+                        v = r0[j * sw]
+                        best = o[j]
+                        t = v >= best
+                        nan = nan | (v != v)
+                        o[j] = best if best > v else v
+                        a[j] = a[j] + ((at + j * sw - a[j]) & -t)
+    return nan
 
 
 cdef void maxpool_forward_kernel(const floating[:, :, ::1] x, floating[:, :, ::1] out,
                                  int64_t[:, :, ::1] arg, Py_ssize_t KH, Py_ssize_t KW,
                                  Py_ssize_t sh, Py_ssize_t sw, int threads) noexcept nogil:
-    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2]
     cdef Py_ssize_t Hout = out.shape[1], Wout = out.shape[2]
     cdef Py_ssize_t p
     for p in prange(P, num_threads=threads, schedule="static"):
-        maxpool_plane(&x[p, 0, 0], &out[p, 0, 0], &arg[p, 0, 0], H, W, KH, KW, sh, sw,
-                      Hout, Wout)
+        if maxpool_plane(&x[p, 0, 0], &out[p, 0, 0], &arg[p, 0, 0], W, KH, KW, sh, sw,
+                         Hout, Wout):
+            maxpool_plane_exact(&x[p, 0, 0], &out[p, 0, 0], &arg[p, 0, 0], W, KH, KW,
+                                sh, sw, Hout, Wout)
 
 
 cdef void maxpool_backward_kernel(const floating[:, ::1] dout, const int64_t[:, ::1] arg,
@@ -123,51 +201,57 @@ cdef void maxpool_backward_kernel(const floating[:, ::1] dout, const int64_t[:, 
 
 
 cdef void avgpool_plane(const floating* x, floating* out,
-                        Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                        Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
                         Py_ssize_t Wout) noexcept nogil:
     """out (Hout, Wout) from one plane x (H, W): window sums in row-major order / KH*KW."""
-    cdef Py_ssize_t i, j, kh, kw, c
+    cdef Py_ssize_t i, j, kh, kw, c, P = Hout * Wout
     cdef const floating* r0
     cdef const floating* r1
-    cdef const floating* src
+    cdef floating* o
     cdef floating acc
     cdef floating count = <floating>(KH * KW)
     if KH == 2 and KW == 2 and sh == 2 and sw == 2:
         for i in range(Hout):
             r0 = x + 2 * i * W
             r1 = r0 + W
+            o = out + i * Wout
             for j in range(Wout):
                 c = 2 * j
                 acc = r0[c]
                 acc = acc + r0[c + 1]
                 acc = acc + r1[c]
                 acc = acc + r1[c + 1]
-                out[j] = acc / count
-            out += Wout
+                o[j] = acc / count
         return
-    for i in range(Hout):
-        for j in range(Wout):
-            src = x + i * sh * W + j * sw
-            acc = src[0]
-            for kw in range(1, KW):
-                acc = acc + src[kw]
-            for kh in range(1, KH):
-                src = src + W
-                for kw in range(KW):
-                    acc = acc + src[kw]
-            out[j] = acc / count
-        out += Wout
+    # Offset-major, as the NumPy reference (same sums in the same order): the
+    # j loop is contiguous when sw == 1 and vectorises.
+    for kh in range(KH):
+        for kw in range(KW):
+            for i in range(Hout):
+                r0 = x + (i * sh + kh) * W + kw
+                o = out + i * Wout
+                if kh == 0 and kw == 0:
+                    for j in range(Wout):
+                        o[j] = r0[j * sw]
+                elif sw == 1:
+                    for j in range(Wout):
+                        o[j] = o[j] + r0[j]
+                else:
+                    for j in range(Wout):
+                        o[j] = o[j] + r0[j * sw]
+    for j in range(P):
+        out[j] = out[j] / count
 
 
 cdef void avgpool_forward_kernel(const floating[:, :, ::1] x, floating[:, :, ::1] out,
                                  Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                                  int threads) noexcept nogil:
-    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2]
     cdef Py_ssize_t Hout = out.shape[1], Wout = out.shape[2]
     cdef Py_ssize_t p
     for p in prange(P, num_threads=threads, schedule="static"):
-        avgpool_plane(&x[p, 0, 0], &out[p, 0, 0], H, W, KH, KW, sh, sw, Hout, Wout)
+        avgpool_plane(&x[p, 0, 0], &out[p, 0, 0], W, KH, KW, sh, sw, Hout, Wout)
 
 
 cdef void avgpool_backward_plane(const floating* g, floating* dx,
@@ -179,6 +263,24 @@ cdef void avgpool_backward_plane(const floating* g, floating* dx,
     cdef floating* dst
     cdef const floating* src
     cdef floating scale = <floating>1 / <floating>(KH * KW)
+    cdef floating v
+    cdef floating* r0
+    cdef floating* r1
+    if KH == 2 and KW == 2 and sh == 2 and sw == 2:
+        # Disjoint windows: every covered dx element gets exactly one value.
+        if H != 2 * Hout or W != 2 * Wout:
+            memset(dx, 0, H * W * sizeof(floating))
+        for i in range(Hout):
+            r0 = dx + 2 * i * W
+            r1 = r0 + W
+            src = g + i * Wout
+            for j in range(Wout):
+                v = src[j] * scale
+                r0[2 * j] = v
+                r0[2 * j + 1] = v
+                r1[2 * j] = v
+                r1[2 * j + 1] = v
+        return
     memset(dx, 0, H * W * sizeof(floating))
     # Offset-major, as the NumPy reference, so both round the same way.
     for kh in range(KH):
@@ -207,7 +309,10 @@ cdef void avgpool_backward_kernel(const floating[:, :, ::1] dout, floating[:, :,
 
 def _loop_threads(threads, planes, size):
     """Threads for a loop over ``planes`` planes of ``size`` elements in all."""
-    return max(1, min(resolve_threads(threads), planes, size // GRAIN))
+    cap = min(planes, size // GRAIN)
+    if cap <= 1 and threads is None:
+        return 1  # one thread whatever the default: skip looking the default up
+    return max(1, min(resolve_threads(threads), cap))
 
 
 def _check_argmax(argmax, shape):

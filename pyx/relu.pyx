@@ -35,8 +35,10 @@ cdef inline void relu_chunk(const floating* x, floating* out, Py_ssize_t n) noex
 cdef inline void relu_backward_chunk(const floating* x, const floating* dout, floating* dx,
                                      Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
+    cdef floating g
     for i in range(n):
-        dx[i] = dout[i] if x[i] > 0 else 0
+        g = dout[i]  # loaded unconditionally, so the select compiles branch-free
+        dx[i] = g if x[i] > 0 else 0
 
 
 cdef void relu_forward_kernel(const floating[::1] x, floating[::1] out,
@@ -58,7 +60,11 @@ cdef void relu_backward_kernel(const floating[::1] x, const floating[::1] dout,
 
 
 def _loop_threads(threads, size):
-    return max(1, min(resolve_threads(threads), size // GRAIN))
+    """Threads for ``size`` elements: at most one per GRAIN."""
+    cap = size // GRAIN
+    if cap <= 1 and threads is None:
+        return 1  # one thread whatever the default: skip looking the default up
+    return max(1, min(resolve_threads(threads), cap))
 
 
 def relu_forward(x, *, threads=None):

@@ -28,7 +28,7 @@ def _window_slices(KH, KW, stride, Hout, Wout):
                            slice(kw, kw + sw * (Wout - 1) + 1, sw))
 
 
-def check_argmax(argmax, shape):
+def _check_argmax(argmax, shape):
     """The argmax array of a max-pool cache: int64 with the pooled output's shape."""
     if not isinstance(argmax, np.ndarray):
         raise TypeError(f"cache argmax must be a numpy array, got {type(argmax).__name__}")
@@ -45,7 +45,7 @@ def _check_max_cache(dout, cache):
     x, kernel, stride, (Hout, Wout) = check_pool2d(x, kernel, stride)
     shape = x.shape[:2] + (Hout, Wout)
     dout = check_dout(dout, shape, x.dtype)
-    return x, kernel, stride, check_argmax(argmax, shape), dout
+    return x, kernel, stride, _check_argmax(argmax, shape), dout
 
 
 def maxpool2d_forward(x, kernel=2, stride=None, *, threads=None):

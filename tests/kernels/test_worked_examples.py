@@ -235,6 +235,21 @@ def test_maxpool_mask_batch_ties_take_last_in_window(backend, dtype):
     assert_exact(dx, POOL_BATCH_MASK, dtype, "maxpool masks, batch")
 
 
+def test_maxpool_backward_batch_untied_windows(backend, dtype):
+    """The windows of the batch whose maximum is unique route as the document
+    draws, whatever the tie rule (the tied ones are checked just above)."""
+    x = np.array(POOL_BATCH_IN)
+    windows = x.reshape(2, 2, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5)   # (n, c, i, j, kh, kw)
+    unique = (windows == windows.max(axis=(4, 5), keepdims=True)).sum(axis=(4, 5)) == 1
+    assert unique.sum() == 9                      # 7 of the 16 windows hold a tie
+    keep = np.repeat(np.repeat(unique, 2, axis=2), 2, axis=3)           # back to (n, c, 4, 4)
+    out, cache = backend.maxpool2d_forward(arr(POOL_BATCH_IN, dtype), 2, 2)
+    dx = backend.maxpool2d_backward(arr(POOL_DOUT, dtype), cache)
+    assert_exact(dx[keep], np.array(POOL_DX)[keep], dtype, "maxpool backward, untied windows")
+    dx = backend.maxpool2d_backward(np.ones_like(out), cache)
+    assert_exact(dx[keep], np.array(POOL_BATCH_MASK)[keep], dtype, "maxpool mask, untied")
+
+
 # --------------------------------------------------------------------------------------
 # Forward flatten (a reshape, no kernel) and forward dense
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""The backend switch: get_backend(), CNN_BACKEND, and what happens when the
+Cython kernels are not built."""
+import importlib
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import cnn.backends
+from cnn.backends import (BACKENDS, OPS, BackendUnavailable, cython_available,
+                          get_backend)
+
+MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.numpy_im2col",
+           "naive": "cnn.backends.naive"}
+COMPILED = ("cnn._conv", "cnn._pool", "cnn._relu", "cnn._dense", "cnn._softmax",
+            "cnn._batchnorm")
+
+
+@pytest.fixture(autouse=True)
+def no_env_backend(monkeypatch):
+    monkeypatch.delenv("CNN_BACKEND", raising=False)
+
+
+def module(name):
+    return importlib.import_module(MODULES[name])
+
+
+def test_backend_names():
+    assert BACKENDS == ("cython", "python", "naive")
+
+
+def test_default_is_cython_when_built():
+    if cython_available():
+        assert get_backend() is module("cython")
+    else:
+        assert get_backend() is module("python")
+
+
+def test_cython_is_built_here():
+    """The test suite runs against a built tree (`python setup.py build_ext --inplace`)."""
+    assert cython_available(), "the cython backend is not built"
+    for name in COMPILED:
+        importlib.import_module(name)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_get_backend_by_name(name):
+    assert get_backend(name) is module(name)
+    assert get_backend(name.upper()) is module(name)      # names are case-insensitive
+
+
+def test_python_and_naive_are_pure_numpy():
+    assert get_backend("python").__name__ == "cnn.backends.numpy_im2col"
+    assert get_backend("naive").__name__ == "cnn.backends.naive"
+    assert get_backend("python") is not get_backend("naive")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_env_var_picks_backend(monkeypatch, name):
+    monkeypatch.setenv("CNN_BACKEND", name)
+    assert get_backend() is module(name)
+    assert get_backend(None) is module(name)
+
+
+def test_explicit_name_beats_env_var(monkeypatch):
+    monkeypatch.setenv("CNN_BACKEND", "naive")
+    assert get_backend("python") is module("python")
+
+
+def test_empty_env_var_means_default(monkeypatch):
+    monkeypatch.setenv("CNN_BACKEND", "")
+    assert get_backend() is module("cython" if cython_available() else "python")
+
+
+@pytest.mark.parametrize("name", ["numpy", "cuda", "", " python", "cython2", "naïve"])
+def test_unknown_name_lists_choices(name):
+    with pytest.raises(ValueError, match=r"backend must be one of cython, python, naive, "
+                                         r"got " + re.escape(repr(name))):
+        get_backend(name)
+
+
+@pytest.mark.parametrize("name", [3, b"python", ("python",), True])
+def test_non_string_name_rejected(name):
+    with pytest.raises(ValueError, match=r"one of cython, python, naive"):
+        get_backend(name)
+
+
+def test_unknown_env_var_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CNN_BACKEND", "gpu")
+    with pytest.raises(ValueError, match=r"CNN_BACKEND must be one of cython, python, naive, "
+                                         r"got 'gpu'"):
+        get_backend()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_backend_exposes_every_op(name):
+    backend = get_backend(name)
+    missing = [op for op in OPS if not callable(getattr(backend, op, None))]
+    assert not missing, f"{name} backend lacks {missing}"
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_takes_keyword_only_threads(name, op):
+    """Every op accepts ``threads`` (keyword-only, default None) on every backend."""
+    param = inspect.signature(getattr(get_backend(name), op)).parameters.get("threads")
+    assert param is not None, f"{name}.{op} has no threads parameter"
+    assert param.kind is inspect.Parameter.KEYWORD_ONLY
+    assert param.default is None
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_backends_share_signatures(op):
+    sigs = {name: str(inspect.signature(getattr(get_backend(name), op))) for name in BACKENDS}
+    assert len(set(sigs.values())) == 1, sigs
+
+
+def test_ops_list_matches_the_contract():
+    """OPS holds each forward with its backward (softmax_cross_entropy is both)."""
+    assert len(OPS) == len(set(OPS))
+    for op in OPS:
+        if op.endswith("_forward"):
+            assert op.replace("_forward", "_backward") in OPS
+        elif op.endswith("_backward"):
+            assert op.replace("_backward", "_forward") in OPS
+    assert "softmax_cross_entropy" in OPS
+
+
+def test_backend_unavailable_is_a_runtime_error():
+    assert issubclass(BackendUnavailable, RuntimeError)
+
+
+# --------------------------------------------------------------------------------------
+# The Cython kernels not built: simulated in a child process by making a compiled
+# module unimportable (a None entry in sys.modules makes its import fail).
+# --------------------------------------------------------------------------------------
+
+UNBUILT = textwrap.dedent("""
+    import os, sys
+    sys.modules[{module!r}] = None
+    os.environ.pop("CNN_BACKEND", None)
+    import cnn.backends as backends
+    assert not backends.cython_available(), "cython_available() with {module} missing"
+    default = backends.get_backend()
+    assert default.__name__ == "cnn.backends.numpy_im2col", default.__name__
+    try:
+        backends.get_backend("cython")
+    except backends.BackendUnavailable as exc:
+        print("MESSAGE:", exc)
+    else:
+        raise SystemExit("get_backend('cython') did not raise BackendUnavailable")
+    os.environ["CNN_BACKEND"] = "cython"
+    try:
+        backends.get_backend()
+    except backends.BackendUnavailable:
+        print("ENV: raised")
+    print("PYTHON:", backends.get_backend("python").__name__)
+""")
+
+
+def run_child(code):
+    env = dict(os.environ)
+    env.pop("CNN_BACKEND", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cnn.backends.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.mark.parametrize("missing", ["cnn._conv", "cnn._batchnorm"])
+def test_cython_not_built_raises_with_build_instructions(missing):
+    proc = run_child(UNBUILT.format(module=missing))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    message = next(line for line in proc.stdout.splitlines() if line.startswith("MESSAGE:"))
+    assert "not built" in message
+    # it says how to build the kernels
+    assert "pip install -e ." in message or "setup.py build_ext" in message, message
+    # and why the import failed
+    assert missing in message, message
+    assert "ENV: raised" in proc.stdout   # CNN_BACKEND=cython does not fall back either
+    assert "PYTHON: cnn.backends.numpy_im2col" in proc.stdout
+
+
+def test_cython_not_built_in_process(monkeypatch):
+    """The same, in this process: monkeypatch restores sys.modules afterwards."""
+    monkeypatch.setitem(sys.modules, "cnn._conv", None)
+    monkeypatch.delitem(sys.modules, "cnn.backends.cython", raising=False)
+    assert not cython_available()
+    assert get_backend() is module("python")
+    with pytest.raises(BackendUnavailable, match=r"not built.*(pip install -e \.|build_ext)"):
+        get_backend("cython")
