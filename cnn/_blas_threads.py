@@ -1,10 +1,17 @@
-"""Sharing the cores between our OpenMP loops and OpenBLAS's own threads.
+"""Keeping OpenBLAS single-threaded inside our OpenMP loops.
 
-A kernel that splits a batch over OpenMP threads and calls GEMM inside the loop
-must keep each GEMM single-threaded, or the two thread pools oversubscribe the
-cores. With fewer independent items than threads, the loop runs serially and
-BLAS gets the threads. threadpoolctl sets OpenBLAS's thread count for the call
-and restores the user's setting afterwards.
+The kernels get all their parallelism from OpenMP and call BLAS from inside
+their parallel loops, one GEMM per thread. OpenBLAS must then run each call on
+the calling thread only: its own worker pool would oversubscribe the cores,
+and its workers busy-wait after every call, taking cores from the OpenMP
+threads that come next. ``blas_threads(n)`` sets OpenBLAS's thread count for
+the duration of a call and restores the user's setting afterwards.
+
+threadpoolctl finds the OpenBLAS libraries loaded in the process (SciPy's,
+which scipy.linalg.cython_blas calls, and NumPy's); its per-library
+controllers then get and set the thread count with a direct C call, which is
+cheap enough for every kernel call (scanning the process's libraries is not,
+so that happens once).
 """
 import contextlib
 
@@ -12,17 +19,18 @@ from threadpoolctl import ThreadpoolController
 
 from cnn._threads import resolve_threads
 
-_controller = None
+_libraries = None
 
 
-def _blas():
-    global _controller
-    if _controller is None:
+def _blas_libraries():
+    global _libraries
+    if _libraries is None:
         # scipy.linalg.cython_blas loads SciPy's OpenBLAS; it must be loaded
         # before the controller scans the process's libraries.
         import scipy.linalg.cython_blas  # noqa: F401
-        _controller = ThreadpoolController().select(user_api="blas")
-    return _controller
+        _libraries = [lib for lib in ThreadpoolController().lib_controllers
+                      if lib.user_api == "blas"]
+    return _libraries
 
 
 def split_threads(threads, items):
@@ -32,9 +40,17 @@ def split_threads(threads, items):
     return loop, max(1, total // loop)
 
 
+@contextlib.contextmanager
 def blas_threads(n):
-    """Context manager: BLAS calls inside use ``n`` threads."""
-    controller = _blas()
-    if all(info.get("num_threads") == n for info in controller.info()):
-        return contextlib.nullcontext()
-    return controller.limit(limits=n)
+    """BLAS calls inside the block use ``n`` threads."""
+    changed = []
+    for lib in _blas_libraries():
+        before = lib.get_num_threads()
+        if before != n:
+            lib.set_num_threads(n)
+            changed.append((lib, before))
+    try:
+        yield
+    finally:
+        for lib, before in changed:
+            lib.set_num_threads(before)

@@ -9,9 +9,14 @@ columns j*sw .. j*sw+KW-1 of each (n, c) plane:
     avg:  out[n, c, i, j] = sum_{kh, kw} x[n, c, i*sh + kh, j*sw + kw] / (KH*KW)
           dx[n, c, i*sh + kh, j*sw + kw] += dout[n, c, i, j] / (KH*KW)
 
-Ties go to the first maximum in row-major window order (np.argmax's rule; a
-NaN counts as the maximum, the first NaN wins), so every backend picks the
-same element. Overlapping windows (stride < kernel) accumulate in dx. The
+Ties go to the LAST maximum in row-major window order (the layer notes: "when
+we have multiple max values that are equal we take the index of the last one
+in the window"); a NaN counts as larger than any number, and of several NaNs
+the last wins too. Put as a running max over the window in row-major order:
+v takes over when v >= max or v is a NaN, so a number never displaces a NaN.
+The vectorised pass gets it from np.argmax (first max, first NaN) over the
+reversed window, the naive loop from that running max, and the Cython kernel
+uses the same rule, so every backend picks the same element. Overlapping windows (stride < kernel) accumulate in dx. The
 backward passes ignore an argmax outside [0, H*W), as the Cython kernels do.
 """
 import numpy as np
@@ -55,7 +60,9 @@ def maxpool2d_forward(x, kernel=2, stride=None, *, threads=None):
     windows = np.empty((KH * KW, N, C, Hout, Wout), dtype=x.dtype)
     for kh, kw, (rows, cols) in _window_slices(KH, KW, stride, Hout, Wout):
         windows[kh * KW + kw] = x[:, :, rows, cols]
-    k = windows.argmax(axis=0)                              # first max, row-major
+    # np.argmax takes the first max (a NaN first of all); over the reversed
+    # window axis that is the last max (the last NaN) in row-major order.
+    k = (KH * KW - 1) - windows[::-1].argmax(axis=0)
     out = np.take_along_axis(windows, k[None], axis=0)[0]
     sh, sw = stride
     i = np.arange(Hout, dtype=np.int64)[:, None]
@@ -105,8 +112,15 @@ def avgpool2d_backward(dout, cache, *, threads=None):
     return dx
 
 
+def _beats(v, best):
+    """v becomes the running max: v >= best (the last of equal maxima wins) or v is
+    a NaN (above any number; the last NaN wins). A number never displaces a NaN,
+    since every comparison with a NaN is false."""
+    return v >= best or v != v
+
+
 def maxpool2d_forward_naive(x, kernel=2, stride=None, *, threads=None):
-    """The loop formula, one window at a time."""
+    """The loop formula, one window at a time, its running max in row-major order."""
     x, (KH, KW), (sh, sw), (Hout, Wout) = check_pool2d(x, kernel, stride)
     N, C, H, W = x.shape
     out = np.empty((N, C, Hout, Wout), dtype=x.dtype)
@@ -116,9 +130,13 @@ def maxpool2d_forward_naive(x, kernel=2, stride=None, *, threads=None):
             for i in range(Hout):
                 for j in range(Wout):
                     window = x[n, c, i * sh:i * sh + KH, j * sw:j * sw + KW]
-                    k = int(np.argmax(window))              # flat, row-major: first max
-                    kh, kw = divmod(k, KW)
-                    out[n, c, i, j] = window[kh, kw]
+                    best, at = window[0, 0], (0, 0)
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            if _beats(window[kh, kw], best):  # last max wins
+                                best, at = window[kh, kw], (kh, kw)
+                    kh, kw = at
+                    out[n, c, i, j] = best
                     argmax[n, c, i, j] = (i * sh + kh) * W + (j * sw + kw)
     return out, (x, (KH, KW), (sh, sw), argmax)
 

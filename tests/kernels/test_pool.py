@@ -148,30 +148,101 @@ def test_avgpool_overlapping_windows_accumulate(backend, dtype):
     np.testing.assert_array_equal(dx, np.array([[[[1, 3, 2], [4, 10, 6], [3, 7, 4]]]], dtype))
 
 
+# A constant 4x4 plane: every element of every window ties, so each window's
+# argmax is its last element in row-major order, the bottom-right corner
+# (i*sh + KH-1) * 4 + (j*sw + KW-1).
 @pytest.mark.parametrize("kernel,stride,expected", [
-    (2, None, [[0, 2], [8, 10]]),        # the 2x2 stride-2 fast path
-    (2, 1, [[0, 1, 2], [4, 5, 6], [8, 9, 10]]),
-    (3, 1, [[0, 1], [4, 5]]),
-    ((1, 3), (2, 1), [[0, 1], [8, 9]]),
+    (2, None, [[5, 7], [13, 15]]),       # the 2x2 stride-2 fast path
+    (2, 1, [[5, 6, 7], [9, 10, 11], [13, 14, 15]]),
+    (3, 1, [[10, 11], [14, 15]]),
+    ((1, 3), (2, 1), [[2, 3], [10, 11]]),
+    ((2, 3), (1, 2), [[6], [10], [14]]),   # strided offset-major path
 ])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_maxpool_ties_go_to_the_first_max_in_the_window(backend, kernel, stride, expected):
+def test_maxpool_ties_go_to_the_last_max_in_the_window(backend, dtype, kernel, stride,
+                                                        expected):
     ops = get_backend(backend)
-    out, cache = ops.maxpool2d_forward(np.full((1, 1, 4, 4), 3.0), kernel, stride)
+    out, cache = ops.maxpool2d_forward(np.full((1, 1, 4, 4), 3.0, dtype), kernel, stride)
     np.testing.assert_array_equal(cache[3][0, 0], expected)
     np.testing.assert_array_equal(out, 3.0)
-    x = np.array([[[[1, 7, 5, 5], [7, 0, 5, 2]]]], np.float32)   # ties inside each window
+
+
+# Tied maxima worked by hand, 2x2 stride 2 (the unrolled path):
+#   x = 1 7 | 5 5     window 0: 1 7 / 7 0 -> 7 at (0,1) and (1,0): last is (1,0) = 4
+#       7 0 | 5 2     window 1: 5 5 / 5 2 -> 5 at (0,2), (0,3), (1,2): last is (1,2) = 6
+# and 3x3 stride 1 (the offset-major sw == 1 path) on
+#   y = 2 9 1 9       window (0,0): 2 9 1 / 4 9 0 / 9 3 3 -> 9 at 1, 5, 8: last is 8
+#       4 9 0 9       window (0,1): 9 1 9 / 9 0 9 / 3 3 3 -> 9 at 1, 3, 5, 7: last is 7
+#       9 3 3 3
+TIE_X = [[1, 7, 5, 5], [7, 0, 5, 2]]
+TIE_Y = [[2, 9, 1, 9], [4, 9, 0, 9], [9, 3, 3, 3]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maxpool_tied_maxima_by_hand(backend, dtype):
+    ops = get_backend(backend)
+    out, cache = ops.maxpool2d_forward(np.array([[TIE_X]], dtype), 2)
+    np.testing.assert_array_equal(out[0, 0], [[7, 5]])
+    np.testing.assert_array_equal(cache[3][0, 0], [[4, 6]])
+    dx = ops.maxpool2d_backward(np.array([[[[10, 20]]]], dtype), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0, 0, 0], [10, 0, 20, 0]])
+    out, cache = ops.maxpool2d_forward(np.array([[TIE_Y]], dtype), 3, 1)
+    np.testing.assert_array_equal(out[0, 0], [[9, 9]])
+    np.testing.assert_array_equal(cache[3][0, 0], [[8, 7]])
+    # the strided offset-major path (sw == 2), 3x2 windows over columns 0-1 and 2-3:
+    # 2 9 / 4 9 / 9 3 -> 9 at 1, 5, 8: last is 8;  1 9 / 0 9 / 3 3 -> 9 at 3, 7: last is 7
+    out, cache = ops.maxpool2d_forward(np.array([[TIE_Y]], dtype), (3, 2), (1, 2))
+    np.testing.assert_array_equal(out[0, 0], [[9, 9]])
+    np.testing.assert_array_equal(cache[3][0, 0], [[8, 7]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maxpool_signed_zero_tie_takes_the_last(backend, dtype):
+    """0.0 == -0.0: a tie, so the later zero is chosen and is the value returned."""
+    ops = get_backend(backend)
+    x = np.array([[[[0.0, -0.0], [-1.0, -2.0]]]], dtype)
     out, cache = ops.maxpool2d_forward(x, 2)
-    np.testing.assert_array_equal(cache[3][0, 0], [[1, 2]])
+    assert cache[3][0, 0, 0, 0] == 1
+    assert out[0, 0, 0, 0] == 0 and np.signbit(out[0, 0, 0, 0])
+
+
+# NaN windows worked by hand, 2x2 stride 2 (N is a NaN, flat indices in the plane):
+#   1 N | N 8 | 5 N       window 0: N at 1, then 7 and 9 (no number beats a NaN) -> 1
+#   7 9 | 3 N | N 2       window 1: N at 2 and 9: the last NaN wins             -> 9
+#                         window 2: N at 5 and 10, then 2                       -> 10
+NAN_X = [[1, np.nan, np.nan, 8, 5, np.nan], [7, 9, 3, np.nan, np.nan, 2]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_maxpool_nan_by_hand(backend, dtype):
+    """A NaN is above every number, a number after a NaN does not displace it, and
+    of several NaNs the last one wins."""
+    ops = get_backend(backend)
+    x = np.array([[NAN_X]], dtype)
+    out, cache = ops.maxpool2d_forward(x, 2)
+    np.testing.assert_array_equal(cache[3][0, 0], [[1, 9, 10]])
+    assert np.isnan(out).all()
+    # a NaN first in the window, larger numbers after it: the NaN stays
+    x = np.array([[[[np.nan, 5], [9, 7]]]], dtype)
+    out, cache = ops.maxpool2d_forward(x, 2)
+    assert cache[3][0, 0, 0, 0] == 0 and np.isnan(out[0, 0, 0, 0])
+    # overlapping windows (offset-major path), NaN in the middle of the plane
+    x = np.array([[[[1, 2, 3], [4, np.nan, 6], [7, 8, np.nan]]]], dtype)
+    out, cache = ops.maxpool2d_forward(x, 2, 1)
+    np.testing.assert_array_equal(cache[3][0, 0], [[4, 4], [4, 8]])
     dx = ops.maxpool2d_backward(np.ones_like(out), cache)
-    np.testing.assert_array_equal(dx[0, 0], [[0, 1, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0, 0], [0, 3, 0], [0, 0, 1]])
 
 
-@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 1), (2, 3)])
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 1), (2, 3), ((2, 3), (1, 2))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_maxpool_nan_wins_and_backends_agree(dtype, kernel, stride):
-    """A NaN is the max of its window (the first NaN when there are several), as
-    np.argmax decides; planes without NaN are unaffected."""
+    """A NaN is the max of its window (the last NaN when there are several);
+    planes without NaN are unaffected."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 3, 7, 8)).astype(dtype)
     x[0, 1, 1, 1] = x[0, 1, 1, 2] = x[0, 1, 2, 1] = np.nan
@@ -192,6 +263,39 @@ def test_maxpool_nan_wins_and_backends_agree(dtype, kernel, stride):
     clean[0, 1] = clean[1, 2] = False
     ref, _ = get_backend("python").maxpool2d_forward(np.nan_to_num(x), kernel, stride)
     np.testing.assert_array_equal(out0[clean], ref[clean])
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 2), C=st.integers(1, 3), H=st.integers(1, 8), W=st.integers(1, 8),
+       KH=st.integers(1, 3), KW=st.integers(1, 3), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_maxpool_nans_and_ties_agree_exactly(N, C, H, W, KH, KW, sh, sw, dtype, seed):
+    """Few distinct values, many NaNs and signed zeros: all backends choose the
+    same element, the last max of its window (a NaN above all)."""
+    assume(KH <= H and KW <= W)
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.array([np.nan, -0.0, 0.0, 1.0, -1.0], dtype),
+                   size=(N, C, H, W), p=[0.2, 0.2, 0.2, 0.2, 0.2])
+    args = []
+    for name in BACKENDS:
+        out, cache = get_backend(name).maxpool2d_forward(x, (KH, KW), (sh, sw))
+        args.append(cache[3])
+        np.testing.assert_array_equal(
+            np.take_along_axis(x.reshape(N * C, -1), cache[3].reshape(N * C, -1), axis=1),
+            out.reshape(N * C, -1))
+    for a in args[1:]:
+        np.testing.assert_array_equal(a, args[0])
+    # the rule itself, window by window
+    _, _, Hout, Wout = args[0].shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(Hout):
+                for j in range(Wout):
+                    win = x[n, c, i * sh:i * sh + KH, j * sw:j * sw + KW].ravel()
+                    nan = np.flatnonzero(np.isnan(win))
+                    k = nan[-1] if nan.size else np.flatnonzero(win == win.max())[-1]
+                    kh, kw = divmod(int(k), KW)
+                    assert args[0][n, c, i, j] == (i * sh + kh) * W + j * sw + kw
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,0 +1,95 @@
+"""Named architectures and a short spec language for custom stacks.
+
+``build_architecture(spec, num_classes, input_shape)`` takes a name (``lenet5``,
+``convnet``, ``convnet_bn``), a path to a JSON file holding a list of layer
+configs (``[{"type": "Conv2D", "filters": 32, "kernel": 3, "pad": 1}, ...]``),
+or a spec string of dash-separated tokens:
+
+    conv32k3p1     Conv2D, 32 filters, 3x3 kernel, pad 1 (s2 = stride 2)
+    maxpool2       MaxPool2D 2x2 (maxpool3s2: 3x3 with stride 2); avgpool2 likewise
+    relu, flatten, bn (BatchNorm2D), dropout0.5
+    dense128       Dense with 128 units
+
+e.g. ``conv32k3p1-relu-maxpool2-flatten-dense10``. The last Dense must have one
+unit per class.
+"""
+import json
+import os
+import re
+
+from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
+                        ReLU, layer_from_config)
+from cnn.model import Sequential
+
+
+def lenet5(num_classes=10):
+    return [Conv2D(6, 5, pad=2), ReLU(), MaxPool2D(2),
+            Conv2D(16, 5), ReLU(), MaxPool2D(2), Flatten(),
+            Dense(120), ReLU(), Dense(84), ReLU(), Dense(num_classes, init="glorot")]
+
+
+def convnet(num_classes=10):
+    return [Conv2D(32, 3, pad=1), ReLU(), MaxPool2D(2),
+            Conv2D(64, 3, pad=1), ReLU(), MaxPool2D(2), Flatten(),
+            Dense(128), ReLU(), Dense(num_classes, init="glorot")]
+
+
+def convnet_bn(num_classes=10):
+    return [Conv2D(32, 3, pad=1), BatchNorm2D(), ReLU(), MaxPool2D(2),
+            Conv2D(64, 3, pad=1), BatchNorm2D(), ReLU(), MaxPool2D(2), Flatten(),
+            Dense(128), ReLU(), Dropout(0.3), Dense(num_classes, init="glorot")]
+
+
+ARCHITECTURES = {"lenet5": lenet5, "convnet": convnet, "convnet_bn": convnet_bn}
+
+_TOKENS = [
+    (re.compile(r"conv(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?"),
+     lambda m: Conv2D(int(m[1]), int(m[2]), int(m[3] or 1), int(m[4] or 0))),
+    (re.compile(r"maxpool(\d+)(?:s(\d+))?"),
+     lambda m: MaxPool2D(int(m[1]), int(m[2]) if m[2] else None)),
+    (re.compile(r"avgpool(\d+)(?:s(\d+))?"),
+     lambda m: AvgPool2D(int(m[1]), int(m[2]) if m[2] else None)),
+    (re.compile(r"relu"), lambda m: ReLU()),
+    (re.compile(r"flatten"), lambda m: Flatten()),
+    (re.compile(r"bn"), lambda m: BatchNorm2D()),
+    (re.compile(r"dropout(0?\.\d+|0)"), lambda m: Dropout(float(m[1]))),
+    (re.compile(r"dense(\d+)"), lambda m: Dense(int(m[1]))),
+]
+
+
+def parse_spec(spec):
+    """Layers from a dash-separated spec string (see the module docstring)."""
+    layers = []
+    for token in spec.strip().lower().split("-"):
+        for pattern, make in _TOKENS:
+            match = pattern.fullmatch(token)
+            if match:
+                layers.append(make(match))
+                break
+        else:
+            raise ValueError(f"architecture spec {spec!r}: cannot read {token!r} (expected "
+                             f"e.g. conv32k3p1, maxpool2, avgpool2, relu, flatten, bn, "
+                             f"dropout0.5, dense10)")
+    if layers and isinstance(layers[-1], Dense) and layers[-1].init == "he":
+        layers[-1].init = "glorot"   # the classifier has no relu after it
+    return layers
+
+
+def build_architecture(spec, num_classes=10, input_shape=(1, 28, 28), class_names=None):
+    """An unbuilt Sequential model from a name, a JSON file path or a spec string."""
+    if spec in ARCHITECTURES:
+        layers, name = ARCHITECTURES[spec](num_classes), spec
+    elif spec.endswith(".json") or os.path.isfile(spec):
+        try:
+            with open(spec) as f:
+                configs = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"architecture file {spec!r}: {exc}") from None
+        if isinstance(configs, dict):
+            configs = configs.get("layers")
+        if not isinstance(configs, list) or not configs:
+            raise ValueError(f"architecture file {spec!r} must hold a list of layer configs")
+        layers, name = [layer_from_config(c) for c in configs], os.path.basename(spec)
+    else:
+        layers, name = parse_spec(spec), spec
+    return Sequential(layers, input_shape=input_shape, class_names=class_names, name=name)

@@ -1,0 +1,181 @@
+"""Sequential models: a stack of layers with forward, backward and prediction.
+
+Training code calls ``forward(x, training=True)`` on normalised float32
+batches (N, C, H, W) and ``backward(dlogits)``. Users call ``predict`` and
+``predict_proba`` on raw pixels; the model applies the normalisation it was
+trained with (``normalization``, saved in the weights file).
+"""
+import numpy as np
+
+from cnn.backends import get_backend
+from cnn.layers import layer_from_config
+
+
+def softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Sequential:
+    def __init__(self, layers, input_shape=(1, 28, 28), class_names=None, name="model"):
+        self.layers = list(layers)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.class_names = tuple(class_names) if class_names is not None else None
+        self.name = name
+        self.normalization = None   # {"mean": float, "std": float} once trained
+        self.backend = None
+        self.threads = None
+        self.rng = None
+        self.output_shape = None
+
+    # -- construction ---------------------------------------------------------
+    def build(self, seed=0, dtype=np.float32, backend=None, threads=None):
+        """Create every parameter (He/Glorot init from ``seed``) and check that the
+        shapes chain from ``input_shape`` to one output per class."""
+        self.rng = np.random.default_rng(seed)
+        shape = self.input_shape
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.build(shape, self.rng, np.dtype(dtype))
+            except ValueError as exc:
+                raise ValueError(f"layer {i} ({layer!r}): {exc}") from None
+            if hasattr(layer, "rng"):
+                layer.rng = self.rng
+        if len(shape) != 1:
+            raise ValueError(f"the model must end in flat class scores, but its output shape "
+                             f"is {shape}: end with Flatten/Dense")
+        if self.class_names is not None and shape[0] != len(self.class_names):
+            raise ValueError(f"the model outputs {shape[0]} scores but there are "
+                             f"{len(self.class_names)} classes")
+        self.output_shape = shape
+        self.set_backend(backend, threads)
+        return self
+
+    def set_backend(self, backend=None, threads=None):
+        """Run the layers on ``backend`` (name or None for the default) with ``threads``."""
+        ops = get_backend(backend)
+        self.backend = ops.__name__.rsplit(".", 1)[-1].replace("numpy_im2col", "python")
+        self.threads = threads
+        for layer in self.layers:
+            layer.ops = ops
+            layer.threads = threads
+        return self
+
+    @property
+    def num_classes(self):
+        return self.output_shape[0]
+
+    def config(self):
+        return {"layers": [layer.config() for layer in self.layers],
+                "input_shape": list(self.input_shape), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config, class_names=None):
+        return cls([layer_from_config(c) for c in config["layers"]],
+                   input_shape=config["input_shape"], class_names=class_names,
+                   name=config.get("name", "model"))
+
+    # -- training -------------------------------------------------------------
+    def forward(self, x, training=False):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def parameters(self):
+        """[(key, param, grad_getter)] in a fixed order; key is 'LAYER.NAME'."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            for name, value in layer.params.items():
+                out.append((f"{i}.{name}", value, layer.grads, name))
+        return out
+
+    def state(self):
+        """Every array to save: parameters and buffers, keyed 'LAYER.NAME'."""
+        arrays = {}
+        for i, layer in enumerate(self.layers):
+            for name, value in list(layer.params.items()) + list(layer.buffers.items()):
+                arrays[f"{i}.{name}"] = value
+        return arrays
+
+    def load_state(self, arrays):
+        """Copy saved arrays into the built model, checking names and shapes."""
+        expected = self.state()
+        missing = sorted(set(expected) - set(arrays))
+        extra = sorted(set(arrays) - set(expected))
+        if missing or extra:
+            raise ValueError(f"weights do not match the architecture: missing {missing}, "
+                             f"unexpected {extra}")
+        for key, target in expected.items():
+            value = arrays[key]
+            if value.shape != target.shape:
+                raise ValueError(f"weight {key} has shape {value.shape}, the architecture "
+                                 f"needs {target.shape}")
+            target[...] = value
+
+    def num_params(self):
+        return int(sum(p.size for _, p, _, _ in self.parameters()))
+
+    def summary(self):
+        rows = [("layer", "output shape", "params")]
+        shape = self.input_shape
+        rows.append(("input", str(shape), "0"))
+        for i, layer in enumerate(self.layers):
+            count = sum(p.size for p in layer.params.values())
+            rows.append((f"{i}: {layer!r}", str(layer.output_shape), f"{count:,}"))
+        width = [max(len(r[k]) for r in rows) for k in range(3)]
+        lines = [f"{r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]:>{width[2]}}" for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"total parameters: {self.num_params():,}")
+        return "\n".join(lines)
+
+    # -- inference --------------------------------------------------------------
+    def prepare(self, x):
+        """Raw pixels -> normalised float32 (N, C, H, W).
+
+        Accepts uint8 0-255 or float 0-1, shaped (N, C, H, W) or, for one
+        channel, (N, H, W).
+        """
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+        C, H, W = self.input_shape
+        if x.ndim == 3 and C == 1:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1:] != (C, H, W):
+            raise ValueError(f"x must have shape (N, {C}, {H}, {W})"
+                             f"{f' or (N, {H}, {W})' if C == 1 else ''}, got {x.shape}")
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / np.float32(255.0)
+        elif x.dtype.kind == "f":
+            if x.size and not np.isfinite(x).all():
+                raise ValueError("x holds NaN or infinite values")
+            if x.size and (x.min() < 0 or x.max() > 1):
+                raise ValueError(f"float pixels must lie in [0, 1] (uint8 for 0-255), got "
+                                 f"values in [{x.min()}, {x.max()}]")
+            x = x.astype(np.float32)
+        else:
+            raise TypeError(f"x must be uint8 (0-255) or float (0-1) pixels, got {x.dtype}")
+        if self.normalization is not None:
+            x = (x - np.float32(self.normalization["mean"])) / np.float32(
+                self.normalization["std"])
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def logits(self, x, batch_size=256):
+        """Class scores (N, K) for normalised input, computed in batches."""
+        if len(x) == 0:
+            return np.zeros((0, self.num_classes), np.float32)
+        return np.concatenate([self.forward(x[i:i + batch_size], training=False)
+                               for i in range(0, len(x), batch_size)])
+
+    def predict_proba(self, x, batch_size=256):
+        """Class probabilities (N, K) for raw pixels."""
+        return softmax(self.logits(self.prepare(x), batch_size))
+
+    def predict(self, x, batch_size=256):
+        """Class indices (N,) for raw pixels."""
+        return self.predict_proba(x, batch_size).argmax(axis=1)
