@@ -1,8 +1,15 @@
-"""Benchmarks (not tests): ``python -m cnn.bench kernels``.
+"""Benchmarks (not tests).
 
-Prints one table per op: shape, direction, median milliseconds for the Cython,
-NumPy-im2col and naive backends (naive only on the small shapes, where its
-loops finish), the speedups, and GFLOP/s for convolution.
+``python -m cnn.bench kernels``: one table per op: shape, direction, median
+milliseconds for the Cython, NumPy-im2col and naive backends (naive only on the
+small shapes, where its loops finish), the speedups, and GFLOP/s for convolution.
+
+``python -m cnn.bench train``: one training epoch of lenet5 and convnet on
+Fashion-MNIST-sized batches (60,000 images, batch 64, float32) on the Cython
+and the NumPy backends, and in PyTorch when it is importable (a comparison
+only, never a dependency: ``pip install torch``), with the ratios. By default
+an epoch is timed as the median step time of ``--steps`` steps times the
+epoch's step count; ``--full-epoch`` times whole epochs.
 
 Run it on a quiet machine: every figure is a median of repeated calls, and
 every backend runs in the same process, one after the other.
@@ -145,6 +152,103 @@ def run_kernels(dtype_name, threads, repeat, out=sys.stdout):
             out.flush()
 
 
+EPOCH_IMAGES = 60000
+
+
+def _train_step_cnn(arch, backend, threads, batch, seed=0):
+    """A closure running one training step of ``arch`` on random data."""
+    from cnn.architectures import build_architecture
+    from cnn.optim import make_optimizer
+    model = build_architecture(arch).build(seed=seed, backend=backend, threads=threads)
+    optimizer = make_optimizer("sgd", model, 0.01)
+    loss_fn = get_backend(backend).softmax_cross_entropy
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        logits = model.forward(x, training=True)
+        _, dlogits = loss_fn(logits, y)
+        model.backward(dlogits)
+        optimizer.step()
+    return step
+
+
+def _train_step_torch(arch, threads, batch, seed=0):
+    import torch
+    from torch import nn
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    if arch == "lenet5":
+        net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                            nn.Linear(84, 10))
+    else:
+        net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.randn(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+    return step
+
+
+def _epoch_seconds(step, steps_per_epoch, sample_steps, full_epoch):
+    step()
+    step()
+    if full_epoch:
+        start = time.perf_counter()
+        for _ in range(steps_per_epoch):
+            step()
+        return time.perf_counter() - start
+    times = []
+    for _ in range(sample_steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * steps_per_epoch
+
+
+def run_train(threads, batch, sample_steps, full_epoch, archs, out=sys.stdout):
+    print(machine_line(threads), file=out)
+    steps_per_epoch = (EPOCH_IMAGES + batch - 1) // batch
+    how = "timed whole" if full_epoch else f"median of {sample_steps} steps x {steps_per_epoch}"
+    print(f"one training epoch: {EPOCH_IMAGES:,} images, batch {batch}, float32, SGD; "
+          f"seconds ({how})", file=out)
+    try:
+        import torch
+        torch_version = torch.__version__
+    except Exception as exc:  # not installed, or a broken install
+        torch_version, torch_error = None, f"{type(exc).__name__}: {exc}"
+    else:
+        torch_error = None
+    head = (f"{'network':<10} {'cython s':>9} {'numpy s':>9} {'numpy/cython':>13} "
+            f"{'torch s':>9} {'torch/cython':>13}")
+    print(head + "\n" + "-" * len(head), file=out)
+    for arch in archs:
+        cy = _epoch_seconds(_train_step_cnn(arch, "cython", threads, batch), steps_per_epoch,
+                            sample_steps, full_epoch)
+        py = _epoch_seconds(_train_step_cnn(arch, "python", threads, batch), steps_per_epoch,
+                            max(5, sample_steps // 4), False)
+        line = f"{arch:<10} {cy:9.2f} {py:9.2f} {py / cy:12.2f}x"
+        if torch_version:
+            th = _epoch_seconds(_train_step_torch(arch, threads, batch), steps_per_epoch,
+                                sample_steps, full_epoch)
+            line += f" {th:9.2f} {th / cy:12.2f}x"
+        else:
+            line += f" {'-':>9} {'-':>13}"
+        print(line, file=out, flush=True)
+    print(f"torch: {torch_version or f'not importable ({torch_error}); pip install torch to compare'}; "
+          f"ratios above 1 mean cython is faster", file=out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cnn.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,6 +261,14 @@ def main(argv=None):
     k.add_argument("--coretype", action="append", default=None, metavar="NAME",
                    help="rerun under OPENBLAS_CORETYPE=NAME (repeatable, e.g. Haswell "
                         "SkylakeX); default: the environment as it is")
+    t = sub.add_parser("train", help="one training epoch: cython vs numpy vs PyTorch")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--steps", type=int, default=40, help="steps timed per figure")
+    t.add_argument("--full-epoch", action="store_true", help="time whole epochs")
+    t.add_argument("--arch", action="append", default=None,
+                   help="lenet5 and/or convnet (default: both)")
+    t.add_argument("--coretype", action="append", default=None, metavar="NAME")
     args = parser.parse_args(argv)
     threads = resolve_threads(args.threads)
     if args.coretype:
@@ -166,13 +278,30 @@ def main(argv=None):
                       flush=True)
                 continue
             env = dict(os.environ, OPENBLAS_CORETYPE=name)
-            cmd = [sys.executable, "-m", "cnn.bench", args.what, "--dtype", args.dtype,
-                   "--threads", str(threads), "--repeat", str(args.repeat)]
+            rest = [a for a in (argv if argv is not None else sys.argv[1:])
+                    if a != args.what]
+            cmd = [sys.executable, "-m", "cnn.bench", args.what] + _without_coretype(rest)
             print(f"\n=== OPENBLAS_CORETYPE={name}", flush=True)
             subprocess.run(cmd, env=env, check=True)
         return 0
-    run_kernels(args.dtype, threads, args.repeat)
+    if args.what == "kernels":
+        run_kernels(args.dtype, threads, args.repeat)
+    else:
+        run_train(threads, args.batch_size, args.steps, args.full_epoch,
+                  args.arch or ["lenet5", "convnet"])
     return 0
+
+
+def _without_coretype(argv):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--coretype":
+            skip = True
+        elif not a.startswith("--coretype="):
+            out.append(a)
+    return out
 
 
 def _has_avx512():

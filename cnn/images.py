@@ -1,0 +1,560 @@
+"""Image files and raw pixel arrays as model input, one way for every caller.
+
+The prediction CLI (``python -m cnn.predict``) and the HTTP service both turn
+what a user sends into the arrays the network was trained on: 28x28 uint8
+grayscale, a LIGHT object on a BLACK background, like Fashion-MNIST.
+
+* :func:`decode_image` / :func:`decode_images` take encoded image files (bytes
+  or paths) in any common format and mode and return uint8 arrays (H, W) /
+  (N, H, W).
+* :func:`pixels_from_array` takes raw pixels (nested lists from JSON, or an
+  ndarray) and returns the float32 (N, 1, H, W) batch in [0, 1] that the
+  network reads; ``decode_images(...)[:, None] / 255`` is the same thing for
+  files.
+
+Untrusted input is expected: bad files raise :class:`ImageError` (a
+ValueError) whose message names the image and the problem; the pixel count is
+checked from the header before anything is decoded; only an allow-list of
+formats is ever parsed.
+
+``size`` is always (height, width), the shape of the returned arrays.
+"""
+import io
+import numbers
+import os
+import struct
+import threading
+
+import numpy as np
+
+from cnn._checks import pair
+
+__all__ = ["ALLOWED_FORMATS", "MAX_PIXELS", "ImageError", "decode_image", "decode_images",
+           "pixels_from_array"]
+
+#: Pillow format names that may be parsed at all. JPEG files that Pillow reports
+#: as "MPO" (multi-picture JPEGs written by many cameras) count as JPEG.
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM"})
+
+#: Largest width * height accepted by default (checked before decoding).
+MAX_PIXELS = 40_000_000
+
+_INVERT_CHOICES = ("auto", True, False)
+
+
+class ImageError(ValueError):
+    """An image could not be used: its message says which image and why.
+
+    ``index`` (position in a batch, 0-based) and ``name`` (file name or path)
+    are None when unknown; ``reason`` is the message without the prefix.
+    """
+
+    def __init__(self, reason, *, index=None, name=None):
+        self.reason = reason
+        self.index = index
+        self.name = name
+        super().__init__(f"{_label(index, name)}: {reason}")
+
+    def __reduce__(self):  # keep the parts (and one prefix) across pickling
+        return (_rebuild_image_error, (type(self), self.reason, self.index, self.name))
+
+
+def _rebuild_image_error(cls, reason, index, name):
+    return cls(reason, index=index, name=name)
+
+
+def _label(index, name):
+    label = "image" if index is None else f"image {index}"
+    if name is not None:
+        label += f" ({name!r})" if index is not None else f" {name!r}"
+    return label
+
+
+# --------------------------------------------------------------------------
+# Pillow, imported on first use: pixels_from_array works without it.
+
+def _pil():
+    try:
+        from PIL import Image, ImageChops, ImageFile, ImageOps
+    except ImportError as e:  # pragma: no cover - Pillow is installed in the project
+        raise ImportError("decoding image files needs Pillow (pip install 'Pillow>=10')") from e
+    return Image, ImageChops, ImageFile, ImageOps
+
+
+def _decode_errors():
+    """Exceptions Pillow raises for bad data (corrupt, truncated, hostile)."""
+    Image = _pil()[0]
+    return (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+            TypeError, ZeroDivisionError, OverflowError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning)
+
+
+# ImageFile.LOAD_TRUNCATED_IMAGES is a process-wide switch: when some other code
+# sets it, Pillow silently fills the missing part of a truncated file with grey.
+# While any decode of ours is loading pixels the switch is held at False (the
+# Pillow default), and the caller's value is put back afterwards. When it is
+# already False, as it normally is, nothing is written.
+_strict_lock = threading.Lock()
+_strict_users = 0
+_strict_saved = False
+
+
+class _StrictTruncation:
+    def __enter__(self):
+        global _strict_users, _strict_saved
+        ImageFile = _pil()[2]
+        with _strict_lock:
+            if _strict_users == 0:
+                _strict_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+            _strict_users += 1
+            if ImageFile.LOAD_TRUNCATED_IMAGES:  # (also when set meanwhile by other code)
+                _strict_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+    def __exit__(self, *exc):
+        global _strict_users
+        ImageFile = _pil()[2]
+        with _strict_lock:
+            _strict_users -= 1
+            if _strict_users == 0 and _strict_saved and not ImageFile.LOAD_TRUNCATED_IMAGES:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _strict_saved
+        return False
+
+
+# --------------------------------------------------------------------------
+# Argument checks (caller mistakes: TypeError/ValueError, not ImageError).
+
+def _check_options(size, invert, max_pixels, allowed_formats):
+    size = pair(size, "size", 1)
+    if not (invert is True or invert is False or (isinstance(invert, str) and invert == "auto")):
+        raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) \
+            or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    if isinstance(allowed_formats, (str, bytes)):
+        raise TypeError(f"allowed_formats must be a collection of Pillow format names, "
+                        f"got the string {allowed_formats!r}")
+    try:
+        names = list(allowed_formats)
+    except TypeError:
+        raise TypeError(f"allowed_formats must be a collection of Pillow format names, "
+                        f"got {type(allowed_formats).__name__}") from None
+    Image = _pil()[0]
+    Image.init()
+    allowed = set()
+    for f in names:
+        if not isinstance(f, str):
+            raise TypeError(f"allowed_formats must hold format names (str), got {f!r}")
+        f = f.upper()
+        if f not in Image.OPEN and f != "MPO":
+            raise ValueError(f"allowed_formats: {f!r} is not a format Pillow can open "
+                             f"(known: {', '.join(sorted(Image.OPEN))})")
+        allowed.add(f)
+    if not allowed:
+        raise ValueError("allowed_formats must name at least one format")
+    # Formats tried by Image.open, in Pillow's own order; MPO files open through JPEG.
+    wanted = allowed | ({"JPEG"} if "MPO" in allowed else set())
+    open_formats = tuple(f for f in Image.ID if f in wanted)
+    return size, invert, int(max_pixels), frozenset(allowed), open_formats
+
+
+# --------------------------------------------------------------------------
+# Decoding.
+
+def decode_image(data, *, size=(28, 28), invert="auto", max_pixels=MAX_PIXELS,
+                 allowed_formats=ALLOWED_FORMATS, name=None):
+    """Decode one image file into a uint8 (H, W) array, Fashion-MNIST style.
+
+    ``data`` is the file's bytes (bytes, bytearray, memoryview) or a path (str
+    or os.PathLike); ``name`` labels the image in error messages (default: the
+    path, when ``data`` is one). ``size`` is (height, width).
+
+    Steps:
+
+    1. Open with Pillow, trying only ``allowed_formats``; anything else is an
+       :class:`ImageError`, as are unreadable, corrupt and truncated files.
+    2. Reject images whose header says width * height > ``max_pixels``, before
+       any pixel is decoded (decompression bombs). Pillow's own process-wide
+       ``Image.MAX_IMAGE_PIXELS`` check still runs too (it refuses more than
+       twice that, about 179M pixels by default, and warns above it).
+    3. Decode the first frame only (animated GIF/WEBP, multi-page TIFF) and
+       apply the EXIF orientation tag (unreadable EXIF is ignored).
+    4. Convert any mode to grayscale (ITU-R 601 luma; 16-bit and 32-bit
+       samples are scaled down, not clipped) plus an alpha channel, from RGBA,
+       LA, PA or a palette / grey / RGB "transparency" colour.
+    5. Invert so the object comes out light on black, as the model expects:
+
+       * ``invert=True`` always inverts, ``invert=False`` never does;
+       * ``invert="auto"`` inverts when the background is light. The
+         background is read from the 1-pixel border: it inverts when the mean
+         grey of the border is > 127 (e.g. a photo of a product on white),
+         and leaves light-on-dark images (Fashion-MNIST itself) alone.
+         Transparent pixels are background, whatever their colour: the border
+         mean is weighted by alpha, and when the border is mostly (more than
+         half) transparent the opaque pixels are the object instead, so
+         "auto" inverts when their mean grey is <= 127 (dark object), leaving
+         a light object light.
+
+       Transparent areas then become black (the background of the output) in
+       every mode: the result is composited onto black after inverting.
+    6. Fit into ``size`` keeping the aspect ratio: the longer side is resized
+       to the target (Lanczos, which averages like a box filter when
+       shrinking), and the image is centred and padded with the background
+       colour (the median of the output's border, 0 for a black background).
+
+    Returns a new C-contiguous uint8 array of shape ``size``.
+    """
+    opts = _check_options(size, invert, max_pixels, allowed_formats)
+    return _decode_one(data, None, name, opts)
+
+
+def decode_images(items, *, names=None, **kw):
+    """Decode a batch of image files (bytes or paths) into uint8 (N, H, W).
+
+    Takes the keyword arguments of :func:`decode_image` (except ``name``);
+    ``names`` optionally labels the items for error messages (default: the
+    path of path items). Stops at the first bad image, raising
+    :class:`ImageError` that gives its 0-based index (and name).
+    """
+    if "name" in kw:
+        raise TypeError("decode_images takes names=[...] (one per item), not name=")
+    if isinstance(items, (bytes, bytearray, memoryview, str, os.PathLike)):
+        raise TypeError(f"items must be a sequence of images (bytes or paths), got a single "
+                        f"{type(items).__name__}; wrap it in a list")
+    try:
+        items = list(items)
+    except TypeError:
+        raise TypeError(f"items must be a sequence of images (bytes or paths), got "
+                        f"{type(items).__name__}") from None
+    if not items:
+        raise ValueError("items must contain at least one image, got an empty sequence")
+    if names is None:
+        names = [None] * len(items)
+    else:
+        if isinstance(names, (str, bytes)):
+            raise TypeError("names must be a sequence of names, one per item, not a string")
+        names = list(names)
+        if len(names) != len(items):
+            raise ValueError(f"names must have one entry per item: {len(items)} items but "
+                             f"{len(names)} names")
+    unknown = set(kw) - {"size", "invert", "max_pixels", "allowed_formats"}
+    if unknown:
+        raise TypeError(f"decode_images got unexpected keyword arguments {sorted(unknown)}")
+    opts = _check_options(kw.get("size", (28, 28)), kw.get("invert", "auto"),
+                          kw.get("max_pixels", MAX_PIXELS),
+                          kw.get("allowed_formats", ALLOWED_FORMATS))
+    h, w = opts[0]
+    out = np.empty((len(items), h, w), dtype=np.uint8)
+    for i, (data, nm) in enumerate(zip(items, names)):
+        out[i] = _decode_one(data, i, nm, opts)
+    return out
+
+
+def _decode_one(data, index, name, opts):
+    size, invert, max_pixels, allowed, open_formats = opts
+
+    def fail(reason):
+        return ImageError(reason, index=index, name=name)
+
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if not isinstance(path, str):
+            raise TypeError(f"{_label(index, name)}: a path must be str or os.PathLike[str], "
+                            f"got {path!r}")
+        if name is None:
+            name = path
+        try:
+            fp = open(path, "rb")
+        except OSError as e:
+            raise fail(f"cannot read file ({e.strerror or e})") from None
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        fp = io.BytesIO(bytes(data))
+    else:
+        raise TypeError(f"{_label(index, name)}: data must be bytes or a file path, got "
+                        f"{type(data).__name__}")
+    with fp:
+        return _decode_stream(fp, fail, size, invert, max_pixels, allowed, open_formats)
+
+
+def _decode_stream(fp, fail, size, invert, max_pixels, allowed, open_formats):
+    Image, ImageChops, _, ImageOps = _pil()
+    errors = _decode_errors()
+    prefix = fp.read(16)
+    if not prefix:
+        raise fail("empty file (0 bytes)")
+    fp.seek(0)
+    try:
+        im = Image.open(fp, formats=open_formats)
+    except Image.UnidentifiedImageError:
+        raise fail(_unidentified_reason(prefix, allowed)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise fail(f"too many pixels for Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS): "
+                   f"{e}") from None
+    except errors as e:
+        raise fail(f"not a readable image ({_why(e)})") from None
+    with im:
+        fmt = im.format
+        if not (fmt in allowed or (fmt == "MPO" and "JPEG" in allowed)):
+            raise fail(f"format {fmt} is not allowed (allowed: {', '.join(sorted(allowed))})")
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise fail(f"has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise fail(f"{width}x{height} = {width * height:,} pixels is over the limit of "
+                       f"{max_pixels:,} pixels (max_pixels)")
+        try:
+            if fmt in ("JPEG", "MPO"):
+                # Let libjpeg scale down by up to 8 while decoding (both sides
+                # stay >= the target's longer side, so the fit below still shrinks).
+                side = max(size)
+                im.draft("L" if im.mode == "RGB" else im.mode, (side, side))
+            with _StrictTruncation():
+                im.load()
+        except errors as e:
+            raise fail(f"corrupt or truncated image ({_why(e)})") from None
+        try:
+            gray, alpha = _gray_alpha(im)
+        except errors as e:
+            raise fail(f"cannot convert mode {im.mode} to grayscale ({_why(e)})") from None
+        transpose = _exif_transpose_method(im)
+    try:
+        if transpose is not None:
+            gray = gray.transpose(transpose)
+            alpha = None if alpha is None else alpha.transpose(transpose)
+        return _finish(gray, alpha, size, invert, Image, ImageChops, ImageOps)
+    except errors as e:  # pragma: no cover - in-memory operations on good images
+        raise fail(f"cannot process image ({_why(e)})") from None
+
+
+def _why(e):
+    msg = str(e).strip()
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _unidentified_reason(prefix, allowed):
+    """Name the format when a non-allowed plugin's magic bytes match (no parsing)."""
+    Image = _pil()[0]
+    Image.init()
+    allowed_text = ", ".join(sorted(allowed))
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        if accept is None:  # formats without magic bytes can't be recognised safely
+            continue
+        try:
+            hit = accept(prefix)
+        except Exception:  # noqa: BLE001 - a plugin's sniffing must not hide the real error
+            continue
+        if hit and not isinstance(hit, str):
+            if fmt in allowed or (fmt == "JPEG" and "MPO" in allowed):
+                return f"not a readable {fmt} image (damaged header)"
+            return f"not an allowed image format (looks like {fmt}; allowed: {allowed_text})"
+    return (f"not a recognised image (cannot identify image file; allowed formats: "
+            f"{allowed_text})")
+
+
+def _exif_transpose_method(im):
+    """The transpose that undoes ``im``'s EXIF orientation (as ImageOps.exif_transpose).
+
+    None when there is no orientation tag, or the metadata cannot be read (the
+    pixels are then used as stored rather than rejecting the image).
+    """
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - unreadable metadata is not a reason to fail
+        return None
+    T = _pil()[0].Transpose
+    return {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE,
+            6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90}.get(orientation)
+
+
+def _gray_alpha(im):
+    """``im`` as an "L" image and an "L" alpha image (None when fully opaque)."""
+    Image = _pil()[0]
+    mode = im.mode
+    trns = im.info.get("transparency")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im)
+        alpha = None
+        if isinstance(trns, numbers.Number) and mode != "F":
+            alpha = Image.fromarray(np.where(a == trns, 0, 255).astype(np.uint8))
+        return Image.fromarray(_wide_to_uint8(a, mode)), alpha
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or trns is not None:
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] == 255:
+            alpha = None
+        return rgba.convert("L"), alpha
+    if mode in ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV"):
+        return im.convert("L"), None
+    return im.convert("RGB").convert("L"), None  # other modes, if Pillow can
+
+
+def _wide_to_uint8(a, mode):
+    """16-bit, 32-bit int or float samples as uint8 0-255.
+
+    I;16 is scaled from 0-65535. I and F: values within 0-1 (F only) are
+    taken as 0-1, within 0-255 as 8-bit, within 0-65535 as 16-bit, and
+    anything wider is scaled from its own minimum-maximum range.
+    """
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if mode.startswith("I;16"):
+        scale, lo = 65535.0, 0.0
+    else:
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0 and hi <= 1 and mode == "F":
+            scale, lo = 1.0, 0.0
+        elif lo >= 0 and hi <= 255:
+            scale, lo = 255.0, 0.0
+        elif lo >= 0 and hi <= 65535:
+            scale, lo = 65535.0, 0.0
+        else:
+            scale = max(hi - lo, 1e-12)
+    return np.clip(np.rint((a - lo) * (255.0 / scale)), 0, 255).astype(np.uint8)
+
+
+def _border(img):
+    """The 1-pixel border of an "L" image as a flat uint8 array."""
+    w, h = img.size
+    if w <= 2 or h <= 2:
+        return np.asarray(img).ravel()
+    parts = [img.crop((0, 0, w, 1)), img.crop((0, h - 1, w, h)),
+             img.crop((0, 1, 1, h - 1)), img.crop((w - 1, 1, w, h - 1))]
+    return np.concatenate([np.asarray(p).ravel() for p in parts])
+
+
+def _should_invert(gray, alpha):
+    """The "auto" rule of decode_image."""
+    g = _border(gray).astype(np.float64)
+    if alpha is None:
+        return g.mean() > 127
+    a = _border(alpha).astype(np.float64) / 255.0
+    if a.mean() >= 0.5:  # mostly opaque border: it is the background
+        return (g * a).sum() / a.sum() > 127
+    # Transparent background: look at the object (alpha-weighted mean grey).
+    Image, ImageChops = _pil()[:2]
+    weights = np.arange(256, dtype=np.float64)
+    alpha_sum = np.dot(alpha.histogram(), weights)
+    if alpha_sum == 0:
+        return False  # nothing opaque: all background
+    premultiplied = ImageChops.multiply(gray, alpha)  # gray * alpha / 255
+    mean = np.dot(premultiplied.histogram(), weights) * 255.0 / alpha_sum
+    return mean <= 127
+
+
+def _finish(gray, alpha, size, invert, Image, ImageChops, ImageOps):
+    if invert == "auto":
+        invert = _should_invert(gray, alpha)
+    out = ImageOps.invert(gray) if invert else gray
+    if alpha is not None:
+        out = ImageChops.multiply(out, alpha)  # transparent -> black background
+    background = int(np.median(_border(out)))
+
+    th, tw = size
+    w, h = out.size
+    scale = min(tw / w, th / h)
+    nw = min(tw, max(1, round(w * scale)))
+    nh = min(th, max(1, round(h * scale)))
+    if (nw, nh) != (w, h):
+        out = out.resize((nw, nh), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    canvas = Image.new("L", (tw, th), background)
+    canvas.paste(out, ((tw - nw) // 2, (th - nh) // 2))
+    return np.array(canvas, dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------
+# Raw pixel arrays (JSON).
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+
+
+def pixels_from_array(a, *, size=(28, 28)):
+    """Raw pixels (nested lists from JSON, or an ndarray) as float32 (N, 1, H, W) in [0, 1].
+
+    Accepted shapes, with (H, W) == ``size`` exactly (arrays are never
+    resized): one image (H, W) or (1, H, W); a batch (N, H, W) or
+    (N, 1, H, W). Pixels are already model input: light object on black,
+    not inverted here.
+
+    Values are numbers in [0, 255]: if any value is > 1 the whole batch is
+    read as 0-255 and divided by 255, otherwise it is taken as 0-1 already
+    (so a batch whose values are all 0 or 1 means black and white).
+    Non-integer values are fine on either scale.
+
+    Raises ValueError naming ``pixels`` for NaN or infinity, booleans,
+    strings or other non-numbers, ragged lists, a wrong shape, no images,
+    and values outside [0, 255].
+    """
+    h, w = pair(size, "size", 1)
+    arr = _numeric_array(a)
+    if arr.size == 0:
+        raise ValueError(f"pixels is empty (shape {arr.shape}); expected at least one "
+                         f"{h}x{w} image")
+    shape = arr.shape
+    expected = f"({h}, {w}), (N, {h}, {w}) or (N, 1, {h}, {w})"
+    if arr.ndim < 2 or arr.ndim > 4 or shape[-2:] != (h, w) \
+            or (arr.ndim == 4 and shape[1] != 1):
+        raise ValueError(f"pixels must have shape {expected}, got {shape}")
+    arr = arr.reshape((-1, 1, h, w))
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"pixels must be finite numbers, found {arr[tuple(bad)]} at index "
+                         f"{_index_text(bad, shape)} (shape {shape})")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 255:
+        bad = np.argwhere((arr < 0) | (arr > 255))[0]
+        raise ValueError(f"pixels must lie in [0, 255] (or [0, 1]), found "
+                         f"{arr[tuple(bad)]:g} at index {_index_text(bad, shape)} "
+                         f"(shape {shape})")
+    if hi > 1:
+        arr = arr / 255.0
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _index_text(flat_index, shape):
+    """An index into the (N, 1, H, W) view, as an index into the input's shape."""
+    n, _, i, j = (int(v) for v in flat_index)
+    if len(shape) == 2:
+        return str((i, j))
+    if len(shape) == 3:
+        return str((n, i, j))
+    return str((n, 0, i, j))
+
+
+def _numeric_array(a):
+    """``a`` as a float64 ndarray, rejecting non-numbers and ragged lists."""
+    if isinstance(a, np.ndarray):
+        kind = a.dtype.kind
+        if kind in "iuf":
+            return a.astype(np.float64, copy=False)
+        if kind == "b":
+            raise ValueError(f"pixels must be numbers, got a boolean array (shape {a.shape})")
+        if kind != "O":
+            raise ValueError(f"pixels must be numbers, got an array of dtype {a.dtype} "
+                             f"(shape {a.shape})")
+        obj = a
+    elif isinstance(a, (list, tuple)):
+        try:
+            obj = np.array(a, dtype=object)
+        except (ValueError, TypeError):
+            raise ValueError("pixels must be a rectangular nested list (every row the same "
+                             "length); got a ragged list") from None
+    else:
+        raise ValueError(f"pixels must be a nested list of numbers or a numpy array, got "
+                         f"{type(a).__name__}")
+    types = set(map(type, obj.flat))
+    for t in types:
+        if issubclass(t, (list, tuple, np.ndarray)):
+            raise ValueError(f"pixels must be a rectangular nested list (every row the same "
+                             f"length); got a ragged list (regular part has shape "
+                             f"{obj.shape})")
+    for t in types:
+        if issubclass(t, (bool, np.bool_)):
+            raise ValueError("pixels must be numbers, found a boolean (true/false)")
+        if not issubclass(t, _NUMBER_TYPES):
+            what = "null (None)" if t is type(None) else f"a {t.__name__}"
+            raise ValueError(f"pixels must be numbers, found {what}")
+    try:
+        return obj.astype(np.float64)
+    except OverflowError:
+        raise ValueError("pixels must lie in [0, 255] (or [0, 1]), found an integer too "
+                         "large to represent") from None

@@ -1,0 +1,573 @@
+"""cnn.images: image files and raw pixel arrays as model input.
+
+Every image is generated with Pillow in memory. The model's convention is a
+light object on a black background (Fashion-MNIST); a typical product photo is
+a dark object on white, which "auto" must invert.
+"""
+import io
+import pickle
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFile, ImageOps, features
+
+from cnn.images import (ALLOWED_FORMATS, MAX_PIXELS, ImageError, decode_image, decode_images,
+                        pixels_from_array)
+
+LANCZOS = Image.Resampling.LANCZOS
+
+
+def encode(im, fmt, **kw):
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def dark_on_white(size=(60, 60), box=(15, 15, 44, 44), mode="RGB"):
+    """A black square on white: the shape of a typical product photo."""
+    im = Image.new("RGB", size, "white")
+    ImageDraw.Draw(im).rectangle(box, fill="black")
+    return im if mode == "RGB" else im.convert(mode)
+
+
+def light_on_black(size=(60, 60), box=(15, 15, 44, 44)):
+    """A white square on black: already Fashion-MNIST style."""
+    im = Image.new("L", size, 0)
+    ImageDraw.Draw(im).rectangle(box, fill=255)
+    return im
+
+
+def centre_and_corners(a):
+    """Mean of the central 6x6 block and of the four 4x4 corners of a 28x28 output."""
+    centre = a[11:17, 11:17].mean()
+    corners = np.concatenate([a[:4, :4].ravel(), a[:4, -4:].ravel(),
+                              a[-4:, :4].ravel(), a[-4:, -4:].ravel()]).mean()
+    return centre, corners
+
+
+def assert_light_object_on_black(a, centre_min=200, corner_max=30):
+    assert a.dtype == np.uint8 and a.shape == (28, 28)
+    centre, corners = centre_and_corners(a)
+    assert centre >= centre_min, f"object should be light, centre mean {centre}"
+    assert corners <= corner_max, f"background should be black, corner mean {corners}"
+
+
+def centre_of_mass(a):
+    a = a.astype(np.float64)
+    rows, cols = np.indices(a.shape)
+    return (rows * a).sum() / a.sum(), (cols * a).sum() / a.sum()
+
+
+# --------------------------------------------------------------------------
+# Formats and modes
+
+FORMATS = ["PNG", "JPEG", "BMP", "GIF", "TIFF", "PPM"] + (["WEBP"] if features.check("webp")
+                                                         else [])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_allowed_format_decodes_dark_on_white_as_light_on_black(fmt):
+    a = decode_image(encode(dark_on_white(), fmt))
+    assert_light_object_on_black(a)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])
+def test_each_mode_decodes_to_grayscale(mode):
+    a = decode_image(encode(dark_on_white(mode=mode), "PNG"))
+    assert_light_object_on_black(a)
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    # 128 * 257 is mid grey in 16 bits; Pillow's own I;16 -> L conversion clips it to 255.
+    im = Image.new("I;16", (30, 30), 128 * 257)
+    data = encode(im, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    a = decode_image(data, invert=False)
+    assert np.all(np.abs(a.astype(int) - 128) <= 1)
+
+    obj = dark_on_white(mode="L")
+    wide = Image.fromarray(np.asarray(obj).astype(np.uint16) * 257)  # I;16
+    assert wide.mode == "I;16"
+    assert_light_object_on_black(decode_image(encode(wide, "PNG")))
+
+
+def test_cmyk_jpeg_decodes():
+    assert_light_object_on_black(decode_image(encode(dark_on_white(mode="CMYK"), "JPEG")))
+
+
+def test_multi_picture_jpeg_counts_as_jpeg():
+    data = encode(dark_on_white(), "MPO", save_all=True,
+                  append_images=[light_on_black().convert("RGB")])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    assert_light_object_on_black(decode_image(data))
+
+
+def test_large_jpeg_is_decoded_scaled_down_and_still_correct():
+    photo = dark_on_white(size=(3000, 2000), box=(1000, 500, 1999, 1499))
+    a = decode_image(encode(photo, "JPEG", quality=90))
+    assert_light_object_on_black(a)
+    small = decode_image(encode(photo.resize((300, 200), LANCZOS), "PNG"))
+    assert np.abs(a.astype(int) - small.astype(int)).max() <= 40
+
+
+# --------------------------------------------------------------------------
+# Inversion and background
+
+def test_dark_on_white_is_inverted_under_auto_and_true_but_not_false():
+    data = encode(dark_on_white(), "PNG")
+    auto = decode_image(data)
+    assert_light_object_on_black(auto)
+    np.testing.assert_array_equal(decode_image(data, invert=True), auto)
+
+    kept = decode_image(data, invert=False)
+    centre, corners = centre_and_corners(kept)
+    assert centre <= 30 and corners >= 225  # dark object on white, padding white too
+    np.testing.assert_array_equal(kept, 255 - auto)
+
+
+def test_light_on_black_stays_under_auto_and_false_and_is_inverted_by_true():
+    data = encode(light_on_black(), "PNG")
+    auto = decode_image(data)
+    assert_light_object_on_black(auto)
+    np.testing.assert_array_equal(decode_image(data, invert=False), auto)
+    np.testing.assert_array_equal(decode_image(data, invert=True), 255 - auto)
+
+
+def test_auto_uses_the_border_mean_threshold_127():
+    for grey, inverted in ((127, False), (128, True)):
+        im = Image.new("L", (40, 40), grey)
+        ImageDraw.Draw(im).rectangle((10, 10, 29, 29), fill=0 if inverted else 255)
+        a = decode_image(encode(im, "PNG"))
+        corner = int(a[0, 0])
+        assert corner == (255 - grey if inverted else grey), (grey, corner)
+
+
+def test_fashion_mnist_style_input_round_trips():
+    rng = np.random.default_rng(0)
+    img = np.zeros((28, 28), np.uint8)
+    img[4:24, 8:20] = rng.integers(100, 256, (20, 12))
+    np.testing.assert_array_equal(decode_image(encode(Image.fromarray(img), "PNG")), img)
+
+
+def test_transparent_background_becomes_black_for_a_dark_object():
+    im = Image.new("RGBA", (50, 50), (255, 0, 0, 0))  # transparent, colour is garbage
+    ImageDraw.Draw(im).rectangle((12, 12, 37, 37), fill=(0, 0, 0, 255))
+    data = encode(im, "PNG")
+    assert_light_object_on_black(decode_image(data))
+    assert decode_image(data, invert=True)[0, 0] == 0  # transparent is background: black
+    a = decode_image(data, invert=False)  # a black object on black
+    assert a.max() <= 5
+
+
+def test_transparent_background_keeps_a_light_object_light():
+    im = Image.new("RGBA", (50, 50), (0, 0, 0, 0))
+    ImageDraw.Draw(im).rectangle((12, 12, 37, 37), fill=(240, 240, 240, 255))
+    assert_light_object_on_black(decode_image(encode(im, "PNG")))
+    la = Image.new("LA", (50, 50), (255, 0))
+    ImageDraw.Draw(la).rectangle((12, 12, 37, 37), fill=(250, 255))
+    assert_light_object_on_black(decode_image(encode(la, "PNG")))
+
+
+def test_palette_transparency_counts_as_background():
+    im = Image.new("P", (40, 40), 0)
+    im.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # 0 white (transparent), 1 black
+    ImageDraw.Draw(im).rectangle((10, 10, 29, 29), fill=1)
+    for fmt in ("PNG", "GIF"):
+        data = encode(im, fmt, transparency=0)
+        assert_light_object_on_black(decode_image(data))
+        assert decode_image(data, invert=False).max() <= 5  # black square, black background
+
+
+def test_partly_transparent_pixels_are_composited():
+    im = Image.new("LA", (20, 20), (0, 0))
+    ImageDraw.Draw(im).rectangle((5, 5, 14, 14), fill=(255, 128))  # white, half opaque
+    a = decode_image(encode(im, "PNG"), invert=False)
+    assert abs(int(a[14, 14]) - 128) <= 2 and a[0, 0] == 0
+
+
+# --------------------------------------------------------------------------
+# Geometry
+
+def test_output_size_is_height_width():
+    a = decode_image(encode(light_on_black(), "PNG"), size=(32, 20))
+    assert a.shape == (32, 20) and a.dtype == np.uint8
+    assert decode_image(encode(light_on_black(), "PNG"), size=12).shape == (12, 12)
+
+
+def test_wide_image_is_centred_with_aspect_kept():
+    im = Image.new("L", (100, 40), 0)
+    ImageDraw.Draw(im).rectangle((30, 0, 69, 39), fill=255)  # a 40x40 square, full height
+    a = decode_image(encode(im, "PNG"))
+    # 100x40 -> 28x11, pasted at row (28 - 11) // 2 = 8; the square is ~11x11.
+    assert a[:8].max() == 0 and a[19:].max() == 0
+    rows, cols = np.nonzero(a > 127)
+    height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert abs(height - width) <= 1 and 10 <= width <= 12
+    r, c = centre_of_mass(a)
+    assert abs(r - 13.5) <= 0.75 and abs(c - 13.5) <= 0.75
+
+    ref = Image.new("L", (28, 28), 0)
+    ref.paste(im.resize((28, 11), LANCZOS), (0, 8))
+    np.testing.assert_array_equal(a, np.asarray(ref))
+
+
+def test_tall_image_is_centred_with_aspect_kept():
+    im = Image.new("L", (40, 100), 0)
+    ImageDraw.Draw(im).rectangle((0, 30, 39, 69), fill=255)
+    a = decode_image(encode(im, "PNG"))
+    assert a[:, :8].max() == 0 and a[:, 19:].max() == 0
+    r, c = centre_of_mass(a)
+    assert abs(r - 13.5) <= 0.75 and abs(c - 13.5) <= 0.75
+
+
+def test_padding_uses_the_background_colour():
+    wide = dark_on_white(size=(100, 40), box=(40, 10, 59, 29))
+    assert np.all(decode_image(encode(wide, "PNG"), invert=False)[:8] == 255)
+    assert np.all(decode_image(encode(wide, "PNG"))[:8] == 0)
+
+
+def test_small_image_is_scaled_up():
+    a = decode_image(encode(light_on_black(size=(7, 7), box=(2, 2, 4, 4)), "PNG"))
+    assert a.shape == (28, 28)
+    assert a[12:16, 12:16].min() > 200 and a[:4, :4].max() < 30
+
+
+def test_animated_gif_uses_the_first_frame():
+    first = dark_on_white(box=(5, 20, 24, 39), mode="L")   # square on the left
+    second = dark_on_white(box=(35, 20, 54, 39), mode="L")  # square on the right
+    data = encode(first, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    a = decode_image(data)
+    assert a[:, :14].mean() > 4 * a[:, 14:].mean()
+    np.testing.assert_array_equal(a, decode_image(encode(first, "PNG")))
+
+
+def test_exif_orientation_is_applied():
+    stored = dark_on_white(size=(80, 40), box=(0, 0, 19, 19))  # mark at top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    data = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
+    a = decode_image(data)
+
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert upright.size == (40, 80)
+    expected = decode_image(encode(upright, "PNG"))
+    assert np.abs(a.astype(int) - expected.astype(int)).max() <= 12
+    # the mark is now at the top-right, and the content is portrait (padded left/right)
+    assert a[:5, 14:20].mean() > 200 and a[:5, 7:14].mean() < 50
+    assert a[:, :6].max() == 0 and a[:, 22:].max() == 0
+
+
+# --------------------------------------------------------------------------
+# Bad input
+
+def noisy_png():
+    rng = np.random.default_rng(1)
+    return encode(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)), "PNG")
+
+
+def test_truncated_png_is_rejected():
+    data = noisy_png()
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(data[:len(data) // 2])
+
+
+def test_truncation_check_holds_across_threads(monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    good = noisy_png()
+    cut = good[:len(good) // 2]
+
+    def run(i):
+        try:
+            decode_image(cut if i % 2 else good)
+            return "ok"
+        except ImageError:
+            return "error"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, range(64)))
+    assert results == ["ok", "error"] * 32
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_truncated_png_is_rejected_even_if_pillow_is_told_to_load_truncated_images(monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = noisy_png()
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(data[:len(data) // 2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is put back
+
+
+@pytest.mark.parametrize("data", [b"hello", b"hello world, not an image\n" * 10,
+                                  b'{"pixels": [[0, 1]]}', bytes(64)])
+def test_non_images_are_rejected(data):
+    with pytest.raises(ImageError, match="not a recognised image") as exc:
+        decode_image(data, name="shoe.png")
+    assert str(exc.value).startswith("image 'shoe.png': ")
+
+
+def test_empty_data_is_rejected():
+    with pytest.raises(ImageError, match="empty"):
+        decode_image(b"")
+
+
+def test_damaged_header_is_rejected():
+    data = bytearray(encode(light_on_black(), "PNG"))
+    data[12:16] = b"XXXX"  # IHDR chunk type
+    with pytest.raises(ImageError, match="PNG"):
+        decode_image(bytes(data))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_is_rejected_from_the_header(monkeypatch):
+    data = encode(Image.new("1", (10000, 10000)), "PNG")
+    assert len(data) < 100_000
+
+    def no_load(self, *args, **kwargs):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
+    with pytest.raises(ImageError, match=r"10000x10000 .*limit of 40,000,000 pixels"):
+        decode_image(data)
+
+
+def test_max_pixels_is_configurable():
+    data = encode(light_on_black(size=(100, 100)), "PNG")
+    with pytest.raises(ImageError, match="limit of 9,999 pixels"):
+        decode_image(data, max_pixels=9_999)
+    assert decode_image(data, max_pixels=10_000).shape == (28, 28)
+    assert MAX_PIXELS == 40_000_000
+
+
+def test_pillow_decompression_bomb_error_becomes_image_error(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow errors above 2000 pixels
+    with pytest.raises(ImageError, match="pixels"):
+        decode_image(encode(light_on_black(size=(100, 100)), "PNG"))
+
+
+def test_pillow_decompression_bomb_warning_as_error_becomes_image_error(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    data = encode(light_on_black(size=(80, 80)), "PNG")  # 6400 pixels: Pillow only warns
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert decode_image(data).shape == (28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(ImageError, match="pixels"):
+            decode_image(data)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA"])
+def test_formats_outside_the_allow_list_are_rejected(fmt):
+    data = encode(dark_on_white(size=(32, 32), box=(8, 8, 23, 23)), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself would read it
+    with pytest.raises(ImageError, match="allowed"):
+        decode_image(data)
+
+
+def test_allow_list_is_configurable():
+    ico = encode(dark_on_white(size=(32, 32), box=(8, 8, 23, 23)), "ICO")
+    assert_light_object_on_black(decode_image(ico, allowed_formats={"ICO"}))
+    jpeg = encode(dark_on_white(), "JPEG")
+    with pytest.raises(ImageError, match=r"not an allowed image format \(looks like JPEG"):
+        decode_image(jpeg, allowed_formats={"png"})
+    assert "PNG" in ALLOWED_FORMATS and "ICO" not in ALLOWED_FORMATS
+
+
+def test_bad_arguments_are_caller_errors():
+    data = encode(light_on_black(), "PNG")
+    with pytest.raises(ValueError, match="invert"):
+        decode_image(data, invert="yes")
+    with pytest.raises(ValueError, match="invert"):
+        decode_image(data, invert=1)
+    with pytest.raises(ValueError, match="max_pixels"):
+        decode_image(data, max_pixels=0)
+    with pytest.raises(ValueError, match="size"):
+        decode_image(data, size=(28, 0))
+    with pytest.raises(ValueError, match="allowed_formats.*'JPG'"):
+        decode_image(data, allowed_formats={"JPG"})
+    with pytest.raises(TypeError, match="data must be bytes or a file path"):
+        decode_image(12345)
+    with pytest.raises(TypeError, match="size"):
+        decode_image(data, size="big")
+
+
+# --------------------------------------------------------------------------
+# Paths and batches
+
+def test_paths_decode_and_name_themselves(tmp_path):
+    good = tmp_path / "shirt.png"
+    good.write_bytes(encode(dark_on_white(), "PNG"))
+    assert_light_object_on_black(decode_image(good))
+    assert_light_object_on_black(decode_image(str(good)))
+
+    with pytest.raises(ImageError, match="cannot read file") as exc:
+        decode_image(tmp_path / "missing.png")
+    assert "missing.png" in str(exc.value)
+    with pytest.raises(ImageError, match="cannot read file"):
+        decode_image(tmp_path)  # a directory
+
+
+def test_decode_images_stacks_a_batch(tmp_path):
+    path = tmp_path / "light.png"
+    path.write_bytes(encode(light_on_black(), "PNG"))
+    items = [encode(dark_on_white(), "PNG"), path, encode(dark_on_white(), "JPEG")]
+    batch = decode_images(items)
+    assert batch.shape == (3, 28, 28) and batch.dtype == np.uint8
+    for a in batch:
+        assert_light_object_on_black(a)
+    np.testing.assert_array_equal(batch[1], decode_image(path))
+    assert decode_images(items[:1], size=(10, 12), invert=False).shape == (1, 10, 12)
+
+
+def test_decode_images_errors_name_the_index_and_name(tmp_path):
+    good = encode(light_on_black(), "PNG")
+    with pytest.raises(ImageError) as exc:
+        decode_images([good, good, b"hello"], names=["a.png", "b.png", "shoe.png"])
+    assert str(exc.value).startswith("image 2 ('shoe.png'): not a recognised image")
+    assert exc.value.index == 2 and exc.value.name == "shoe.png"
+
+    with pytest.raises(ImageError, match=r"^image 1: not a recognised image"):
+        decode_images([good, b"hello"])
+    missing = tmp_path / "gone.png"
+    with pytest.raises(ImageError, match=r"^image 0 \('.*gone.png'\): cannot read file"):
+        decode_images([missing])
+
+
+def test_decode_images_bad_arguments():
+    good = encode(light_on_black(), "PNG")
+    with pytest.raises(TypeError, match="single bytes"):
+        decode_images(good)
+    with pytest.raises(ValueError, match="at least one"):
+        decode_images([])
+    with pytest.raises(ValueError, match="names"):
+        decode_images([good], names=["a", "b"])
+    with pytest.raises(TypeError, match="names="):
+        decode_images([good], name="a")
+    with pytest.raises(TypeError, match="unexpected"):
+        decode_images([good], colour=True)
+
+
+def test_image_error_is_a_value_error_and_pickles():
+    assert issubclass(ImageError, ValueError)
+    err = ImageError("broken", index=3, name="x.png")
+    assert str(err) == "image 3 ('x.png'): broken"
+    copy = pickle.loads(pickle.dumps(err))
+    assert str(copy) == str(err) and (copy.reason, copy.index, copy.name) == ("broken", 3, "x.png")
+
+
+# --------------------------------------------------------------------------
+# pixels_from_array
+
+def image_list(scale=255, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (28, 28))
+    return (a if scale == 255 else a / 255.0).tolist()
+
+
+def test_pixels_accepts_one_image_in_every_form():
+    img = image_list()
+    expected = np.asarray(img, np.float64)[None, None] / 255
+    for form in (img, [img], [[img]], np.asarray(img, np.uint8), np.asarray(img, np.float64),
+                 np.asarray([img], np.int64), tuple(tuple(r) for r in img)):
+        x = pixels_from_array(form)
+        assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32 and x.flags.c_contiguous
+        np.testing.assert_allclose(x, expected, atol=1e-7)
+
+
+def test_pixels_accepts_batches():
+    batch = [image_list(seed=s) for s in range(3)]
+    expected = np.asarray(batch, np.float64)[:, None] / 255
+    for form in (batch, [[b] for b in batch], np.asarray(batch, np.uint8),
+                 np.asarray(batch, np.float32)[:, None]):
+        x = pixels_from_array(form)
+        assert x.shape == (3, 1, 28, 28) and x.dtype == np.float32
+        np.testing.assert_allclose(x, expected, atol=1e-6)
+
+
+def test_pixels_scale_0_1_is_kept_and_0_255_is_divided():
+    unit = image_list(scale=1)
+    np.testing.assert_allclose(pixels_from_array(unit)[0, 0], np.asarray(unit), atol=1e-7)
+    assert pixels_from_array(np.ones((28, 28))).max() == 1.0
+    assert pixels_from_array(np.full((28, 28), 255, np.uint8)).max() == 1.0
+    # non-integer values on the 0-255 scale are fine; the decision is per batch
+    mixed = [np.full((28, 28), 0.5), np.full((28, 28), 127.5)]
+    np.testing.assert_allclose(pixels_from_array(mixed)[:, 0, 0, 0], [0.5 / 255, 0.5])
+    np.testing.assert_allclose(pixels_from_array(np.array(image_list()).tolist()).max(),
+                               max(max(r) for r in image_list()) / 255)
+
+
+def test_pixels_other_size():
+    assert pixels_from_array(np.zeros((2, 16, 8)), size=(16, 8)).shape == (2, 1, 16, 8)
+    with pytest.raises(ValueError, match=r"pixels must have shape \(16, 8\)"):
+        pixels_from_array(np.zeros((2, 8, 16)), size=(16, 8))
+
+
+def bad(value, kind):
+    img = np.zeros((28, 28), object)
+    img[3, 4] = value
+    return img.tolist() if kind == "list" else img
+
+
+@pytest.mark.parametrize("value, message", [
+    (float("nan"), "finite"), (float("inf"), "finite"), (-float("inf"), "finite"),
+    (True, "boolean"), (np.bool_(False), "boolean"), ("12", "found a str"),
+    (None, "null"), ({}, "found a dict"), (-1, r"\[0, 255\].*-1 at index \(3, 4\)"),
+    (256, r"\[0, 255\].*256"), (255.5, r"\[0, 255\]"), (10 ** 400, "too large"),
+])
+def test_pixels_rejects_bad_values(value, message):
+    for kind in ("list", "array"):
+        with pytest.raises(ValueError, match=message) as exc:
+            pixels_from_array(bad(value, kind))
+        assert "pixels" in str(exc.value)
+
+
+def test_pixels_rejects_bad_dtypes():
+    with pytest.raises(ValueError, match="boolean"):
+        pixels_from_array(np.zeros((28, 28), bool))
+    with pytest.raises(ValueError, match="dtype <U"):
+        pixels_from_array(np.full((28, 28), "1"))
+    with pytest.raises(ValueError, match="dtype complex"):
+        pixels_from_array(np.zeros((28, 28), complex))
+    with pytest.raises(ValueError, match="finite"):
+        pixels_from_array(np.full((1, 28, 28), np.nan, np.float32))
+
+
+def test_pixels_rejects_ragged_lists():
+    img = image_list()
+    ragged_row = [row[:] for row in img]
+    ragged_row[5] = ragged_row[5][:-1]
+    ragged_batch = [img, img[:-1]]
+    deep = [row[:] for row in img]
+    deep[0] = deep[0][:-1] + [[1]]
+    for ragged in (ragged_row, ragged_batch, deep):
+        with pytest.raises(ValueError, match="pixels must be a rectangular nested list"):
+            pixels_from_array(ragged)
+
+
+@pytest.mark.parametrize("shape", [(27, 28), (28, 27), (784,), (2, 2, 28, 28), (1, 1, 1, 28, 28),
+                                   (28, 28, 1), (28, 28, 3), ()])
+def test_pixels_rejects_wrong_shapes(shape):
+    with pytest.raises(ValueError, match=rf"pixels must have shape .*got {re.escape(str(shape))}"):
+        pixels_from_array(np.zeros(shape))
+
+
+@pytest.mark.parametrize("empty", [[], [[]], np.zeros((0, 28, 28)), np.zeros((0, 1, 28, 28))])
+def test_pixels_rejects_empty(empty):
+    with pytest.raises(ValueError, match="pixels is empty"):
+        pixels_from_array(empty)
+
+
+@pytest.mark.parametrize("value", ["[[0, 1]]", b"\x00" * 784, 3, 2.5, None, {"a": 1}, True])
+def test_pixels_rejects_non_arrays(value):
+    with pytest.raises(ValueError, match="pixels must be a nested list of numbers"):
+        pixels_from_array(value)
+
+
+def test_pixels_does_not_modify_the_input():
+    a = np.full((28, 28), 200.0)
+    pixels_from_array(a)
+    assert a[0, 0] == 200.0
+
