@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -30,6 +31,15 @@ class ModelFileError(ValueError):
     """A weights file that is missing, corrupt, truncated or not ours."""
 
 
+def _file_mode(path):
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path, write):
     """Call ``write(fileobj)`` on a temporary file, then rename it to ``path``."""
     path = os.fspath(path)
@@ -39,6 +49,9 @@ def atomic_write(path, write):
                                dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp makes the file private (0600); give it the mode a plain
+            # open() would (or keep the replaced file's mode).
+            os.fchmod(f.fileno(), _file_mode(path))
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -90,16 +103,25 @@ def read_model_file(path):
     if os.path.isdir(path):
         raise ModelFileError(f"weights file {path!r} is a folder")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):   # a bare .npy array
+            raise ModelFileError(f"{path!r} is a single NumPy array (.npy), not a cnn "
+                                 f"weights file")
+        with npz:
             if "__meta__" not in npz.files:
                 raise ModelFileError(f"{path!r} is a NumPy archive but not a cnn weights "
                                      f"file (no __meta__ member)")
             arrays = {name: npz[name] for name in npz.files}
     except ModelFileError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
+            RuntimeError, MemoryError) as exc:
+        # RuntimeError/NotImplementedError: zipfile on a corrupted header (encryption
+        # flag, compression method, version); MemoryError: a corrupted array header
+        # claiming a huge shape.
         raise ModelFileError(f"{path!r} is not a readable cnn weights file (corrupt, "
-                             f"truncated or another format): {exc}") from None
+                             f"truncated or another format): {type(exc).__name__}: "
+                             f"{exc}") from None
     try:
         meta = json.loads(str(arrays.pop("__meta__")))
     except (json.JSONDecodeError, TypeError) as exc:
@@ -107,19 +129,36 @@ def read_model_file(path):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path!r} is not a cnn weights file (format "
                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
-        raise ModelFileError(f"{path!r} has format version {meta.get('version')!r}; this "
-                             f"cnn reads versions up to {VERSION}: upgrade cnn")
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path!r} has an invalid format version {version!r}")
+    if version > VERSION:
+        raise ModelFileError(f"{path!r} has format version {version}; this cnn reads "
+                             f"versions up to {VERSION}: upgrade cnn")
     return meta, arrays
+
+
+def _valid_normalization(norm):
+    if not isinstance(norm, dict):
+        return False
+    mean, std = norm.get("mean"), norm.get("std")
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+               for v in (mean, std)) and std > 0
 
 
 def load_model(path, backend=None, threads=None):
     """The model saved at ``path``, ready for ``predict``/``predict_proba`` on raw pixels."""
     meta, arrays = read_model_file(path)
+    from cnn.backends import get_backend
+    get_backend(backend)   # a bad backend is the caller's error, not the file's
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     try:
         model = Sequential.from_config(meta["architecture"], class_names=meta["class_names"])
-        dtype = next(iter(params.values())).dtype if params else np.float32
+        dtype = next(iter(params.values())).dtype if params else np.dtype(np.float32)
+        bad = [k for k, v in params.items() if v.dtype != dtype]
+        if dtype not in (np.float32, np.float64) or bad:
+            raise ValueError(f"weights must all be float32 or all float64, got "
+                             f"{sorted({str(v.dtype) for v in params.values()})}")
         model.build(seed=0, dtype=dtype, backend=backend, threads=threads)
         model.load_state(params)
     except (KeyError, TypeError, ValueError, StopIteration) as exc:
@@ -127,7 +166,15 @@ def load_model(path, backend=None, threads=None):
             raise
         raise ModelFileError(f"{os.fspath(path)!r}: the saved architecture and weights do "
                              f"not fit together ({exc})") from None
-    model.normalization = meta.get("normalization")
+    bad = sorted(k for k, v in params.items() if not np.isfinite(v).all())
+    if bad:
+        raise ModelFileError(f"{os.fspath(path)!r}: weights {bad} hold NaN or infinite "
+                             f"values")
+    norm = meta.get("normalization")
+    if norm is not None and not _valid_normalization(norm):
+        raise ModelFileError(f"{os.fspath(path)!r}: bad normalization {norm!r} (expected "
+                             f'{{"mean": number, "std": positive number}} or null)')
+    model.normalization = norm
     model.summary_info = meta.get("summary", {})
     model.meta = meta
     model.path = os.fspath(path)

@@ -52,6 +52,16 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not value >= 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def fraction(text):
     try:
         value = float(text)
@@ -76,7 +86,7 @@ def build_parser():
     p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate (default: 0.001 for adam, 0.05 for sgd)")
     p.add_argument("--momentum", type=fraction, default=0.9, help="sgd momentum (0.9)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 on weights (0)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 on weights (0)")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine",
                    help="learning-rate schedule over the epochs (default: cosine)")
     p.add_argument("--augment", action="store_true",
@@ -126,10 +136,13 @@ def plot_history(history, path):
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [h["loss"] for h in history], "o-", label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    nan = float("nan")
+    ax1.plot(epochs, [nan if h["val_loss"] is None else h["val_loss"] for h in history], "o-",
+             label="validation")
     ax1.set(title="loss", xlabel="epoch")
     ax2.plot(epochs, [h["acc"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
+    ax2.plot(epochs, [nan if h["val_acc"] is None else h["val_acc"] for h in history], "o-",
+             label="validation")
     ax2.set(title="accuracy", xlabel="epoch")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)

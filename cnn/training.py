@@ -15,9 +15,10 @@ from cnn.data import augment as augment_batch
 
 
 def evaluate_logits(model, x, y, batch_size=512):
-    """(loss, accuracy) of the model on normalised x and integer labels y."""
+    """(loss, accuracy) of the model on normalised x and integer labels y; (None,
+    None) for an empty set (JSON has no NaN)."""
     if len(x) == 0:
-        return float("nan"), float("nan")
+        return None, None
     logits = model.logits(x, batch_size).astype(np.float64)
     z = logits - logits.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -28,7 +29,7 @@ def evaluate_logits(model, x, y, batch_size=512):
 def format_metrics(metrics):
     parts = []
     for key in ("loss", "acc", "val_loss", "val_acc"):
-        if key in metrics and metrics[key] == metrics[key]:   # skip NaN (no validation set)
+        if metrics.get(key) is not None:   # None: no validation set
             parts.append(f"{key}: {metrics[key]:.4f}")
     if "lr" in metrics:
         parts.append(f"lr: {metrics['lr']:.3g}")
@@ -80,11 +81,16 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
                 bar.update(1)
                 if step % 20 == 0 or step == steps - 1:
                     bar.set_postfix_str(f"loss: {loss_sum / seen:.4f} - acc: {correct / seen:.4f}")
-        if not np.isfinite(loss_sum):
+        # The loss of a step is computed before its update, so also check the
+        # parameters: the last update of the epoch can make them NaN/inf.
+        bad = [key for key, param, _, _ in model.parameters() if not np.isfinite(param).all()]
+        if not np.isfinite(loss_sum) or bad:
             if bar is not None:
                 bar.close()
-            raise FloatingPointError(f"training diverged in epoch {epoch + 1} (loss is "
-                                     f"{loss_sum}): lower --lr")
+            what = f"loss is {loss_sum}" if not np.isfinite(loss_sum) else \
+                f"parameters {bad} are not finite"
+            raise FloatingPointError(f"training diverged in epoch {epoch + 1} ({what}): "
+                                     f"lower --lr")
         train_time = time.perf_counter() - start
         val_loss, val_acc = evaluate_logits(model, *val)
         metrics = {"epoch": epoch + 1, "loss": loss_sum / seen, "acc": correct / seen,
