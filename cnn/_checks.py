@@ -179,3 +179,33 @@ def check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps):
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     return x, params[0], params[1], float(momentum), float(eps)
+
+
+def check_batchnorm2d_cache(cache):
+    """Unpack and re-validate a batchnorm2d cache: (x, gamma, mean, inv_std, training)."""
+    if not isinstance(cache, tuple) or len(cache) != 5:
+        raise ValueError("cache must be the (x, gamma, mean, inv_std, training) tuple "
+                         "returned by batchnorm2d_forward")
+    x, gamma, mean, inv_std, training = cache
+    x = as_float_array(x, "cached x", 4)
+    C = x.shape[1]
+    gamma = as_float_array(gamma, "cached gamma", 1, x.dtype)
+    mean = as_float_array(mean, "cached mean", 1, np.dtype(np.float64))
+    inv_std = as_float_array(inv_std, "cached inv_std", 1, np.dtype(np.float64))
+    for name, a in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std)):
+        if a.shape != (C,):
+            raise ValueError(f"cached {name} must have shape ({C},) for x {x.shape}, "
+                             f"got {a.shape}")
+    return x, gamma, mean, inv_std, bool(training)
+
+
+def check_argmax(argmax, shape):
+    """The argmax array of a max-pool cache: int64 with the pooled output's shape."""
+    if not isinstance(argmax, np.ndarray):
+        raise TypeError(f"cache argmax must be a numpy array, got {type(argmax).__name__}")
+    if argmax.dtype != np.int64:
+        raise TypeError(f"cache argmax must be int64, got dtype {argmax.dtype}")
+    if argmax.shape != tuple(shape):
+        raise ValueError(f"cache argmax must have the pooled output's shape {tuple(shape)}, "
+                         f"got {argmax.shape}")
+    return np.ascontiguousarray(argmax)

@@ -1,4 +1,4 @@
-"""Train a classifier: ``python -m cnn.train [--arch convnet] [--epochs 4] ...``.
+"""Train a classifier: ``python -m cnn.train [--arch convnet] [--epochs 5] ...``.
 
 Loads Fashion-MNIST (or any MNIST-format IDX folder), trains with the Cython
 kernels, prints progress and validation metrics each epoch, evaluates on the
@@ -79,7 +79,7 @@ def build_parser():
                    help=f"{', '.join(ARCHITECTURES)}, a JSON file of layer configs, or a "
                         f"spec such as conv32k3p1-relu-maxpool2-flatten-dense10 "
                         f"(default: convnet)")
-    p.add_argument("--epochs", type=positive_int, default=4, help="default: 4")
+    p.add_argument("--epochs", type=positive_int, default=5, help="default: 5")
     p.add_argument("--batch-size", type=positive_int, default=64, help="default: 64")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adam",
                    help="sgd is Nesterov momentum (default: adam)")

@@ -36,7 +36,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from cnn._checks import as_float_array, check_batchnorm2d, check_dout
+from cnn._checks import check_batchnorm2d, check_batchnorm2d_cache, check_dout
 from cnn._threads import resolve_threads
 
 
@@ -158,24 +158,6 @@ cdef void batchnorm2d_backward_kernel(const floating[:, :, ::1] x, const floatin
                          mean[c], inv_std[c], training, &dgamma[c], &dbeta[c])
 
 
-def _check_cache(cache):
-    """Unpack and re-validate a batchnorm2d cache: (x, gamma, mean, inv_std, training)."""
-    if not isinstance(cache, tuple) or len(cache) != 5:
-        raise ValueError("cache must be the (x, gamma, mean, inv_std, training) tuple "
-                         "returned by batchnorm2d_forward")
-    x, gamma, mean, inv_std, training = cache
-    x = as_float_array(x, "cached x", 4)
-    C = x.shape[1]
-    gamma = as_float_array(gamma, "cached gamma", 1, x.dtype)
-    mean = as_float_array(mean, "cached mean", 1, np.dtype(np.float64))
-    inv_std = as_float_array(inv_std, "cached inv_std", 1, np.dtype(np.float64))
-    for name, a in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std)):
-        if a.shape != (C,):
-            raise ValueError(f"cached {name} must have shape ({C},) for x {x.shape}, "
-                             f"got {a.shape}")
-    return x, gamma, mean, inv_std, bool(training)
-
-
 def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, *, training=True,
                         momentum=0.1, eps=1e-5, threads=None):
     """Spatial batch normalisation forward.
@@ -211,7 +193,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, *, training=T
 def batchnorm2d_backward(dout, cache, *, threads=None):
     """Gradients of batchnorm2d_forward: (dx, dgamma, dbeta) shaped like (x, gamma, beta)."""
     # Re-validate the cached arrays: the kernels trust every shape they are given.
-    x, gamma, mean, inv_std, training = _check_cache(cache)
+    x, gamma, mean, inv_std, training = check_batchnorm2d_cache(cache)
     N, C, H, W = x.shape
     dout = check_dout(dout, x.shape, x.dtype)
     loop_threads = max(1, min(resolve_threads(threads), C))

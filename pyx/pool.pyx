@@ -39,7 +39,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from cnn._checks import check_dout, check_pool2d
+from cnn._checks import check_argmax, check_dout, check_pool2d
 from cnn._threads import resolve_threads
 
 GRAIN = 16384  # elements per thread, at least
@@ -315,18 +315,6 @@ def _loop_threads(threads, planes, size):
     return max(1, min(resolve_threads(threads), cap))
 
 
-def _check_argmax(argmax, shape):
-    """The argmax of a max-pool cache: int64 with the pooled output's shape."""
-    if not isinstance(argmax, np.ndarray):
-        raise TypeError(f"cache argmax must be a numpy array, got {type(argmax).__name__}")
-    if argmax.dtype != np.int64:
-        raise TypeError(f"cache argmax must be int64, got dtype {argmax.dtype}")
-    if argmax.shape != tuple(shape):
-        raise ValueError(f"cache argmax must have the pooled output's shape {tuple(shape)}, "
-                         f"got {argmax.shape}")
-    return np.ascontiguousarray(argmax)
-
-
 def maxpool2d_forward(x, kernel=2, stride=None, *, threads=None):
     """Max pooling forward.
 
@@ -356,7 +344,7 @@ def maxpool2d_backward(dout, cache, *, threads=None):
     x, kernel, stride, (Hout, Wout) = check_pool2d(x, kernel, stride)
     N, C, H, W = x.shape
     dout = check_dout(dout, (N, C, Hout, Wout), x.dtype)
-    argmax = _check_argmax(argmax, (N, C, Hout, Wout))
+    argmax = check_argmax(argmax, (N, C, Hout, Wout))
     nt = _loop_threads(threads, N * C, x.size)
     dx = np.empty((N * C, H * W), dtype=x.dtype)
     d2 = dout.reshape(N * C, Hout * Wout)

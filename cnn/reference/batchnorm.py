@@ -24,25 +24,7 @@ recomputed from x in backward instead of being stored.
 """
 import numpy as np
 
-from cnn._checks import as_float_array, check_batchnorm2d, check_dout
-
-
-def _check_cache(cache):
-    """Unpack and re-validate a batchnorm2d cache: (x, gamma, mean, inv_std, training)."""
-    if not isinstance(cache, tuple) or len(cache) != 5:
-        raise ValueError("cache must be the (x, gamma, mean, inv_std, training) tuple "
-                         "returned by batchnorm2d_forward")
-    x, gamma, mean, inv_std, training = cache
-    x = as_float_array(x, "cached x", 4)
-    C = x.shape[1]
-    gamma = as_float_array(gamma, "cached gamma", 1, x.dtype)
-    mean = as_float_array(mean, "cached mean", 1, np.dtype(np.float64))
-    inv_std = as_float_array(inv_std, "cached inv_std", 1, np.dtype(np.float64))
-    for name, a in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std)):
-        if a.shape != (C,):
-            raise ValueError(f"cached {name} must have shape ({C},) for x {x.shape}, "
-                             f"got {a.shape}")
-    return x, gamma, mean, inv_std, bool(training)
+from cnn._checks import check_batchnorm2d, check_batchnorm2d_cache, check_dout
 
 
 def _update_running(running, momentum, stat):
@@ -74,7 +56,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, *, training=T
 
 def batchnorm2d_backward(dout, cache, *, threads=None):
     """dout (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
-    x, gamma, mean, inv_std, training = _check_cache(cache)
+    x, gamma, mean, inv_std, training = check_batchnorm2d_cache(cache)
     dout = check_dout(dout, x.shape, x.dtype)
     N, C, H, W = x.shape
     m = N * H * W
@@ -125,7 +107,7 @@ def batchnorm2d_backward_naive(dout, cache, *, threads=None):
     ivar = 1 / sqrtvar; xhat = xmu * ivar; out = gamma * xhat + beta.
     In eval mode mu and var are constants, so only the affine steps carry gradient.
     """
-    x, gamma, mean, inv_std, training = _check_cache(cache)
+    x, gamma, mean, inv_std, training = check_batchnorm2d_cache(cache)
     dout = check_dout(dout, x.shape, x.dtype)
     N, C, H, W = x.shape
     m = N * H * W

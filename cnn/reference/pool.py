@@ -21,7 +21,7 @@ backward passes ignore an argmax outside [0, H*W), as the Cython kernels do.
 """
 import numpy as np
 
-from cnn._checks import check_dout, check_pool2d
+from cnn._checks import check_argmax, check_dout, check_pool2d
 
 
 def _window_slices(KH, KW, stride, Hout, Wout):
@@ -33,24 +33,12 @@ def _window_slices(KH, KW, stride, Hout, Wout):
                            slice(kw, kw + sw * (Wout - 1) + 1, sw))
 
 
-def _check_argmax(argmax, shape):
-    """The argmax array of a max-pool cache: int64 with the pooled output's shape."""
-    if not isinstance(argmax, np.ndarray):
-        raise TypeError(f"cache argmax must be a numpy array, got {type(argmax).__name__}")
-    if argmax.dtype != np.int64:
-        raise TypeError(f"cache argmax must be int64, got dtype {argmax.dtype}")
-    if argmax.shape != tuple(shape):
-        raise ValueError(f"cache argmax must have the pooled output's shape {tuple(shape)}, "
-                         f"got {argmax.shape}")
-    return np.ascontiguousarray(argmax)
-
-
 def _check_max_cache(dout, cache):
     x, kernel, stride, argmax = cache
     x, kernel, stride, (Hout, Wout) = check_pool2d(x, kernel, stride)
     shape = x.shape[:2] + (Hout, Wout)
     dout = check_dout(dout, shape, x.dtype)
-    return x, kernel, stride, _check_argmax(argmax, shape), dout
+    return x, kernel, stride, check_argmax(argmax, shape), dout
 
 
 def maxpool2d_forward(x, kernel=2, stride=None, *, threads=None):
