@@ -150,8 +150,9 @@ cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[
                                  floating[:, :, ::1] work, floating[:, :, ::1] dwork,
                                  Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Hout, Py_ssize_t Wout,
-                                 int loop_threads) noexcept nogil:
-    """dx[n] = col2im(w2.T @ dout[n]); thread t adds its images' dw, db into part t."""
+                                 bint need_dx, int loop_threads) noexcept nogil:
+    """dx[n] = col2im(w2.T @ dout[n]) when need_dx; thread t adds its images' dw, db
+    into part t."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w2.shape[0], K = w2.shape[1], P = Hout * Wout
     cdef Py_ssize_t n, f, p
@@ -173,9 +174,10 @@ cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[
             for p in range(P):
                 acc = acc + d[f * P + p]
             db_parts[tid, f] += acc
-        gemm_rowmajor(True, False, <int>K, <int>P, <int>F, <floating>1.0, &w2[0, 0], <int>K,
-                      d, <int>P, <floating>0.0, dcols, <int>P)
-        col2im(dcols, &dx[n, 0, 0, 0], C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
+        if need_dx:
+            gemm_rowmajor(True, False, <int>K, <int>P, <int>F, <floating>1.0, &w2[0, 0],
+                          <int>K, d, <int>P, <floating>0.0, dcols, <int>P)
+            col2im(dcols, &dx[n, 0, 0, 0], C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
 
 
 def _check_blas_sizes(*sizes):
@@ -210,8 +212,12 @@ def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
     return out.reshape(N, F, Hout, Wout), (x, w, b, stride, pad)
 
 
-def conv2d_backward(dout, cache, *, threads=None):
-    """Gradients of conv2d_forward: (dx, dw, db) shaped like (x, w, b)."""
+def conv2d_backward(dout, cache, *, threads=None, need_dx=True):
+    """Gradients of conv2d_forward: (dx, dw, db) shaped like (x, w, b).
+
+    need_dx=False skips the input gradient (dx is None): a network's first
+    layer has no use for it, and it costs a GEMM and a col2im.
+    """
     x, w, b, stride, pad = cache
     # Re-validate the cached arrays: the kernels trust every shape they are given.
     x, w, b, stride, pad, (Hout, Wout) = check_conv2d(x, w, b, stride, pad)
@@ -221,22 +227,24 @@ def conv2d_backward(dout, cache, *, threads=None):
     K, P = C * KH * KW, Hout * Wout
     _check_blas_sizes(F, K, P)
     loop_threads, gemm_threads = split_threads(threads, N)
-    dx = np.empty_like(x)
+    need_dx = bool(need_dx)
+    # Without dx, placeholders of one element per image/thread: never indexed.
+    dx = np.empty_like(x) if need_dx else np.empty((N, 1, 1, 1), dtype=x.dtype)
     dw_parts = np.zeros((loop_threads, F, K), dtype=x.dtype)
     db_parts = np.zeros((loop_threads, F), dtype=x.dtype)
     work = np.empty((loop_threads, K, P), dtype=x.dtype)
-    dwork = np.empty((loop_threads, K, P), dtype=x.dtype)
+    dwork = np.empty((loop_threads, K, P) if need_dx else (loop_threads, 1, 1), dtype=x.dtype)
     w2 = w.reshape(F, K)
     d3 = dout.reshape(N, F, P)
     with blas_threads(gemm_threads):
         if x.dtype == np.float32:
             conv2d_backward_kernel[float](x, w2, d3, dx, dw_parts, db_parts, work, dwork,
                                           KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                          Hout, Wout, loop_threads)
+                                          Hout, Wout, need_dx, loop_threads)
         else:
             conv2d_backward_kernel[double](x, w2, d3, dx, dw_parts, db_parts, work, dwork,
                                            KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                           Hout, Wout, loop_threads)
+                                           Hout, Wout, need_dx, loop_threads)
     dw = dw_parts.sum(axis=0) if loop_threads > 1 else dw_parts[0]
     db = db_parts.sum(axis=0) if loop_threads > 1 else db_parts[0]
-    return dx, dw.reshape(w.shape), db
+    return (dx if need_dx else None), dw.reshape(w.shape), db

@@ -10,7 +10,8 @@ Every backend module exposes the same functions, in the CS231n style:
     conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None) -> (out, cache)
         x (N, C, H, W), w (F, C, KH, KW), b (F,) -> out (N, F, H', W'),
         H' = (H + 2*pad_h - KH) // stride_h + 1; stride and pad: int or (h, w)
-    conv2d_backward(dout, cache, *, threads=None) -> (dx, dw, db)
+    conv2d_backward(dout, cache, *, threads=None, need_dx=True) -> (dx, dw, db)
+        need_dx=False skips the input gradient and returns dx None (a first layer)
     maxpool2d_forward(x, kernel=2, stride=None, *, threads=None) -> (out, cache)
     maxpool2d_backward(dout, cache, *, threads=None) -> dx
     avgpool2d_forward(x, kernel=2, stride=None, *, threads=None) -> (out, cache)

@@ -60,8 +60,11 @@ def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
     return np.ascontiguousarray(out), (x, w, b, stride, pad, cols)
 
 
-def conv2d_backward(dout, cache, *, threads=None):
-    """dout (N, F, H', W') -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,)."""
+def conv2d_backward(dout, cache, *, threads=None, need_dx=True):
+    """dout (N, F, H', W') -> dx (N, C, H, W), dw (F, C, KH, KW), db (F,).
+
+    need_dx=False skips the input gradient (dx is None).
+    """
     x, w, b, stride, pad, cols = cache
     x, w, b, stride, pad, (Hout, Wout) = check_conv2d(x, w, b, stride, pad)
     F, C, KH, KW = w.shape
@@ -69,6 +72,8 @@ def conv2d_backward(dout, cache, *, threads=None):
     d2 = dout.transpose(1, 0, 2, 3).reshape(F, -1)      # (F, N*H'*W')
     db = d2.sum(axis=1)
     dw = (d2 @ cols.T).reshape(w.shape)
+    if not need_dx:
+        return None, dw, db
     dx = col2im(w.reshape(F, -1).T @ d2, x.shape, KH, KW, stride, pad)
     return np.ascontiguousarray(dx), dw, db
 
@@ -90,8 +95,11 @@ def conv2d_forward_naive(x, w, b, stride=1, pad=0, *, threads=None):
     return out, (x, w, b, stride, pad)
 
 
-def conv2d_backward_naive(dout, cache, *, threads=None):
-    """Each output pixel's gradient sent back to the window and filter it used."""
+def conv2d_backward_naive(dout, cache, *, threads=None, need_dx=True):
+    """Each output pixel's gradient sent back to the window and filter it used.
+
+    need_dx=False skips the input gradient (dx is None).
+    """
     x, w, b, stride, pad = cache
     x, w, b, stride, pad, (Hout, Wout) = check_conv2d(x, w, b, stride, pad)
     (sh, sw), (ph, pw) = stride, pad
@@ -110,4 +118,4 @@ def conv2d_backward_naive(dout, cache, *, threads=None):
                     rows, cols = slice(i * sh, i * sh + KH), slice(j * sw, j * sw + KW)
                     dw[f] += g * xp[n, :, rows, cols]
                     dxp[n, :, rows, cols] += g * w[f]
-    return dxp[:, :, ph:ph + H, pw:pw + W].copy(), dw, db
+    return (dxp[:, :, ph:ph + H, pw:pw + W].copy() if need_dx else None), dw, db

@@ -77,3 +77,18 @@ def test_padding_only_window_sees_just_the_bias():
         out, _ = get_backend(name).conv2d_forward(x, w, b, stride=3, pad=2)
         assert out.shape == (1, 2, 2, 2)
         np.testing.assert_array_equal(out[0, :, 0, 0], b)
+
+
+@pytest.mark.parametrize("backend", ["cython", "python", "naive"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_need_dx_false_skips_dx_and_keeps_dw_db(backend, dtype):
+    ops = get_backend(backend)
+    x, w, b = conv_inputs(np.random.default_rng(7), 3, 2, 7, 6, 4, 3, 2, dtype)
+    out, cache = ops.conv2d_forward(x, w, b, stride=(2, 1), pad=1)
+    dout = np.random.default_rng(8).standard_normal(out.shape).astype(dtype)
+    dx, dw, db = ops.conv2d_backward(dout, cache)
+    none, dw2, db2 = ops.conv2d_backward(dout, cache, need_dx=False)
+    assert dx is not None and dx.shape == x.shape
+    assert none is None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
