@@ -1,0 +1,153 @@
+"""The service's own JSON API: /predict, /health, /ready, /models."""
+import re
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request
+
+from service.errors import ApiError
+from service.inputs import (check_count, decode_batch, json_image_items, json_pixels,
+                            multipart_items, read_json)
+
+bp = Blueprint("api", __name__)
+
+PREDICT_PARAMS = ("model", "top_k", "invert")
+PREDICT_JSON_KEYS = ("images", "pixels")
+DEFAULT_TOP_K = 3
+INVERT = {"auto": "auto", "true": True, "yes": True, "1": True,
+          "false": False, "no": False, "0": False}
+
+
+def state():
+    return current_app.extensions["cnn"]
+
+
+def parse_top_k(value, num_classes):
+    if value is None:
+        return min(DEFAULT_TOP_K, num_classes)
+    if not re.fullmatch(r"[0-9]+", value.strip()) or not 1 <= int(value) <= num_classes:
+        raise ApiError(400, f"top_k must be an integer from 1 to {num_classes}, got {value!r}")
+    return int(value)
+
+
+def parse_invert(value):
+    if value is None:
+        return "auto"
+    try:
+        return INVERT[value.strip().lower()]
+    except KeyError:
+        raise ApiError(400, f"invert must be auto, true or false, got {value!r}") from None
+
+
+def model_param(args):
+    name = args.get("model")
+    if name is not None and not name.strip():
+        raise ApiError(400, "model must not be empty (leave it out for the default model)")
+    return name
+
+
+def top_k_list(proba, k, names):
+    order = np.argsort(-proba, kind="stable")[:k]
+    return [{"label": int(i), "class": names[i], "probability": float(proba[i])}
+            for i in order]
+
+
+@bp.post("/predict")
+def predict():
+    """Classify a batch of images; see service.inputs for the accepted bodies."""
+    st, cfg = state(), current_app.config
+    unknown = sorted(set(request.args) - set(PREDICT_PARAMS))
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s) {', '.join(unknown)} (allowed: "
+                            f"{', '.join(PREDICT_PARAMS)})")
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        kind = "multipart"
+    elif request.is_json:
+        kind = "json"
+    elif mimetype.startswith("image/"):
+        kind = "image"
+    else:
+        raise ApiError(415, f"unsupported Content-Type {mimetype or '(none)'!r}: send "
+                            f"multipart/form-data (image files), application/json "
+                            f"({{\"images\": [base64...]}} or {{\"pixels\": [...]}}) or one "
+                            f"image/* file")
+    served = st.registry.get(model_param(request.args))
+    top_k = parse_top_k(request.args.get("top_k"), served.num_classes)
+    invert = parse_invert(request.args.get("invert"))
+    if served.input_shape[0] != 1:
+        raise ApiError(400, f"model {served.name!r} takes {served.input_shape[0]}-channel "
+                            f"input; /predict decodes grayscale images only: use "
+                            f"/v2/models/{served.name}/infer")
+    max_images, max_pixels = cfg["CNN_MAX_IMAGES"], cfg["CNN_MAX_PIXELS"]
+
+    names = None
+    if kind == "json":
+        body = read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the JSON body must be an object: {\"images\": [...]} or "
+                                "{\"pixels\": [...]}")
+        extra = sorted(set(body) - set(PREDICT_JSON_KEYS))
+        if extra:
+            raise ApiError(400, f"unknown key(s) {', '.join(map(repr, extra))} in the JSON "
+                                f"body: send \"images\" or \"pixels\"; options (model, "
+                                f"top_k, invert) go in the query string")
+        if ("images" in body) == ("pixels" in body):
+            raise ApiError(400, "the JSON body must have exactly one of \"images\" (base64 "
+                                "image files) or \"pixels\" (raw pixel arrays)")
+        if "pixels" in body:
+            x = json_pixels(body["pixels"], served, max_images)
+        else:
+            items = json_image_items(body["images"], max_images)
+            x = decode_batch(items, served, max_pixels, invert, current_app.logger)
+    else:
+        if kind == "multipart":
+            items = multipart_items(request)
+        else:
+            items = [(request.get_data(), None)]
+        check_count(len(items), max_images)
+        names = [name for _, name in items]
+        x = decode_batch(items, served, max_pixels, invert, current_app.logger)
+
+    proba = served.predict_proba(x)
+    labels = proba.argmax(axis=1)
+    st.metrics.record_predictions(request.url_rule.rule, served.name, served.class_names,
+                                  labels.tolist())
+    predictions = []
+    for i, p in enumerate(proba):
+        top = top_k_list(p, top_k, served.class_names)
+        predictions.append({"index": i, "name": names[i] if names else None,
+                            "label": top[0]["label"], "class": top[0]["class"],
+                            "probability": top[0]["probability"], "top_k": top})
+    return jsonify({"model": served.name, "version": served.version,
+                    "predictions": predictions})
+
+
+@bp.get("/health")
+def health():
+    """Liveness: the process answers. Always 200, even with no model loaded."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready():
+    """Readiness: 200 when the default model is loaded, else 503 with the reason."""
+    registry = state().registry
+    reason = registry.not_ready_reason()
+    body = {"ready": reason is None, "default": registry.default_name,
+            "models": list(registry.models),
+            "failed": [f.describe() for f in registry.failed.values()]}
+    if reason:
+        return jsonify({"error": reason, **body}), 503
+    return jsonify(body)
+
+
+@bp.get("/models")
+def models():
+    return jsonify(state().registry.describe())
+
+
+@bp.get("/models/<name>")
+def model_detail(name):
+    registry = state().registry
+    served = registry.get(name)
+    return jsonify(served.describe(default=(served.name == registry.default_name)))

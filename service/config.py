@@ -1,0 +1,146 @@
+"""Configuration: defaults, then the environment, then ``test_config``.
+
+Every setting has one name, used both as the environment variable and as the
+key in ``app.config`` (and in ``test_config``):
+
+=========================  ==========================================================
+``CNN_MODEL_DIR``          folder of ``*.npz`` weights files to serve (``models``,
+                           relative to the working directory)
+``CNN_DEFAULT_MODEL``      model used when a request names none (a file stem,
+                           ``.npz`` optional); default: the alphabetically first
+                           loaded model
+``CNN_MAX_CONTENT_LENGTH`` largest request body in bytes (16 MiB); larger -> 413
+``CNN_MAX_IMAGES``         most images in one request (256); more -> 413
+``CNN_MAX_PIXELS``         largest width x height of an uploaded image, checked
+                           from its header before decoding (``cnn.images.MAX_PIXELS``)
+``CNN_WORKERS``            worker processes sharing the machine (1); only used for
+                           the default of ``CNN_THREADS``
+``CNN_THREADS``            kernel threads per worker process; default: usable
+                           cores // ``CNN_WORKERS``, at least 1
+``CNN_BACKEND``            kernel backend: ``cython``, ``python`` or ``naive``
+                           (default: ``cython`` when built)
+=========================  ==========================================================
+
+Environment values are strings and are checked here: a bad value (``CNN_MAX_IMAGES=lots``)
+stops ``create_app`` with a ValueError naming the variable, rather than serving
+with a surprise.
+"""
+import math
+import os
+
+from cnn.backends import BACKENDS, BackendUnavailable, get_backend
+from cnn.images import MAX_PIXELS
+
+MiB = 1024 * 1024
+
+DEFAULTS = {
+    "CNN_MODEL_DIR": "models",
+    "CNN_DEFAULT_MODEL": None,
+    "CNN_MAX_CONTENT_LENGTH": 16 * MiB,
+    "CNN_MAX_IMAGES": 256,
+    "CNN_MAX_PIXELS": MAX_PIXELS,
+    "CNN_WORKERS": 1,
+    "CNN_THREADS": None,
+    "CNN_BACKEND": None,
+}
+
+_INT_KEYS = ("CNN_MAX_CONTENT_LENGTH", "CNN_MAX_IMAGES", "CNN_MAX_PIXELS", "CNN_WORKERS",
+             "CNN_THREADS")
+_STR_KEYS = ("CNN_MODEL_DIR", "CNN_DEFAULT_MODEL", "CNN_BACKEND")
+
+
+def _positive_int(value, key):
+    if isinstance(value, bool):
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        if not text.isdigit():
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        value = int(text)
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _cgroup_cpu_limit(root):
+    """The CPU quota (in cores, may be fractional) of this cgroup, or None."""
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        if quota > 0 and period > 0:
+            return quota / period
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cores(cgroup_root="/sys/fs/cgroup"):
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota
+    (``docker run --cpus``, Kubernetes CPU limits), rounded up, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit(cgroup_root)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def default_threads(workers, cores=None):
+    """Kernel threads per worker so that workers x threads <= cores (at least 1)."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // workers)
+
+
+def load_config(test_config=None, environ=None):
+    """The checked settings: DEFAULTS, overridden by ``environ`` (default
+    ``os.environ``), overridden by ``test_config``. Keys of ``test_config`` that
+    are not CNN_* settings (TESTING, ...) are returned unchanged for Flask."""
+    environ = os.environ if environ is None else environ
+    config = dict(DEFAULTS)
+    for key in DEFAULTS:
+        value = environ.get(key)
+        if value is not None and value.strip() != "":
+            config[key] = value.strip()
+    extra = {}
+    for key, value in (test_config or {}).items():
+        if key in DEFAULTS:
+            config[key] = value
+        else:
+            extra[key] = value
+
+    for key in _INT_KEYS:
+        if config[key] is not None:
+            config[key] = _positive_int(config[key], key)
+    for key in _STR_KEYS:
+        value = config[key]
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+    config["CNN_MODEL_DIR"] = os.fspath(config["CNN_MODEL_DIR"])
+    if config["CNN_DEFAULT_MODEL"] is not None:
+        name = os.fspath(config["CNN_DEFAULT_MODEL"])
+        config["CNN_DEFAULT_MODEL"] = name[:-4] if name.lower().endswith(".npz") else name
+    if config["CNN_BACKEND"] is not None:
+        backend = config["CNN_BACKEND"].lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"CNN_BACKEND must be one of {', '.join(BACKENDS)}, got "
+                             f"{config['CNN_BACKEND']!r}")
+        try:
+            get_backend(backend)
+        except BackendUnavailable as exc:
+            raise ValueError(f"CNN_BACKEND={backend}: {exc}") from None
+        config["CNN_BACKEND"] = backend
+    if config["CNN_THREADS"] is None:
+        config["CNN_THREADS"] = default_threads(config["CNN_WORKERS"])
+    return config, extra
