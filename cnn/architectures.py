@@ -64,7 +64,11 @@ def parse_spec(spec):
         for pattern, make in _TOKENS:
             match = pattern.fullmatch(token)
             if match:
-                layers.append(make(match))
+                try:
+                    layers.append(make(match))
+                except (TypeError, ValueError) as exc:   # e.g. conv0k3, maxpool0
+                    raise ValueError(f"architecture spec {spec!r}: bad token {token!r}: "
+                                     f"{exc}") from None
                 break
         else:
             raise ValueError(f"architecture spec {spec!r}: cannot read {token!r} (expected "
@@ -77,6 +81,13 @@ def parse_spec(spec):
 
 def build_architecture(spec, num_classes=10, input_shape=(1, 28, 28), class_names=None):
     """An unbuilt Sequential model from a name, a JSON file path or a spec string."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"architecture must be a name, a JSON file path or a spec string, "
+                        f"got {type(spec).__name__}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     if spec in ARCHITECTURES:
         layers, name = ARCHITECTURES[spec](num_classes), spec
     elif spec.endswith(".json") or os.path.isfile(spec):
@@ -92,4 +103,19 @@ def build_architecture(spec, num_classes=10, input_shape=(1, 28, 28), class_name
         layers, name = [layer_from_config(c) for c in configs], os.path.basename(spec)
     else:
         layers, name = parse_spec(spec), spec
+    _check_num_classes(spec, layers, num_classes, input_shape)
     return Sequential(layers, input_shape=input_shape, class_names=class_names, name=name)
+
+
+def _check_num_classes(spec, layers, num_classes, input_shape):
+    """The stack must end in one score per class (checked here even without class
+    names; shape errors inside the stack are left to ``Sequential.build``)."""
+    shape = tuple(input_shape)
+    try:
+        for layer in layers:
+            shape = tuple(layer.compute_output_shape(shape))
+    except (TypeError, ValueError):
+        return
+    if shape != (num_classes,):
+        raise ValueError(f"architecture {spec!r} outputs shape {shape}, but there are "
+                         f"{num_classes} classes: its last layer must be Dense({num_classes})")

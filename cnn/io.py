@@ -31,13 +31,25 @@ class ModelFileError(ValueError):
     """A weights file that is missing, corrupt, truncated or not ours."""
 
 
+def _umask():
+    try:   # Linux: read it without changing it (os.umask would, for all threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def _file_mode(path):
+    """The existing file's mode, else what open() would give a new file."""
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def atomic_write(path, write):
@@ -51,7 +63,8 @@ def atomic_write(path, write):
         with os.fdopen(fd, "wb") as f:
             # mkstemp makes the file private (0600); give it the mode a plain
             # open() would (or keep the replaced file's mode).
-            os.fchmod(f.fileno(), _file_mode(path))
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _file_mode(path))
             write(f)
             f.flush()
             os.fsync(f.fileno())

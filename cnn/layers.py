@@ -6,6 +6,8 @@ per-sample input shape (no batch axis), creates the parameters and returns the
 per-sample output shape. ``forward(x, training)`` returns the output and keeps
 what ``backward(dout)`` needs; ``backward`` fills ``grads`` and returns dx.
 """
+import numbers
+
 import numpy as np
 
 from cnn._checks import pair
@@ -57,6 +59,13 @@ def _init(name, rng, shape, fan_in, fan_out, dtype):
     raise ValueError(f"init must be 'he' or 'glorot', got {name!r}")
 
 
+def _check_init(name):
+    # Checked at construction so that a bad config fails where it is read.
+    if name not in ("he", "glorot"):
+        raise ValueError(f"init must be 'he' or 'glorot', got {name!r}")
+    return name
+
+
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -73,7 +82,7 @@ class Conv2D(Layer):
         self.kernel = pair(kernel, "kernel", 1)
         self.stride = pair(stride, "stride", 1)
         self.pad = pair(pad, "pad", 0)
-        self.init = init
+        self.init = _check_init(init)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -183,7 +192,7 @@ class Dense(Layer):
     def __init__(self, units, init="he"):
         super().__init__()
         self.units = _positive_int(units, "units")
-        self.init = init
+        self.init = _check_init(init)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -244,6 +253,11 @@ class BatchNorm2D(Layer):
 
     def __init__(self, momentum=0.1, eps=1e-5):
         super().__init__()
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) \
+                or not 0 <= momentum <= 1:
+            raise ValueError(f"batch-norm momentum must be a number in [0, 1], got {momentum!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"batch-norm eps must be a positive number, got {eps!r}")
         self.momentum = float(momentum)
         self.eps = float(eps)
 
@@ -281,8 +295,8 @@ LAYER_TYPES = {cls.__name__: cls for cls in
 
 def layer_from_config(config):
     """Rebuild a layer from ``Layer.config()`` output."""
-    if not isinstance(config, dict) or config.get("type") not in LAYER_TYPES:
-        kind = config.get("type") if isinstance(config, dict) else config
+    kind = config.get("type") if isinstance(config, dict) else config
+    if not isinstance(config, dict) or not isinstance(kind, str) or kind not in LAYER_TYPES:
         raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(LAYER_TYPES)}")
     args = {k: v for k, v in config.items() if k != "type"}
     try:

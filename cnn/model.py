@@ -28,12 +28,14 @@ class Sequential:
         self.threads = None
         self.rng = None
         self.output_shape = None
+        self.dtype = None           # the parameters' float dtype, set by build
 
     # -- construction ---------------------------------------------------------
     def build(self, seed=0, dtype=np.float32, backend=None, threads=None):
         """Create every parameter (He/Glorot init from ``seed``) and check that the
         shapes chain from ``input_shape`` to one output per class."""
         self.rng = np.random.default_rng(seed)
+        self.dtype = np.dtype(dtype)
         shape = self.input_shape
         for i, layer in enumerate(self.layers):
             try:
@@ -136,7 +138,7 @@ class Sequential:
 
     # -- inference --------------------------------------------------------------
     def prepare(self, x):
-        """Raw pixels -> normalised float32 (N, C, H, W).
+        """Raw pixels -> normalised (N, C, H, W) in the model's dtype (float32 by default).
 
         Accepts uint8 0-255 or float 0-1, shaped (N, C, H, W) or, for one
         channel, (N, H, W).
@@ -149,26 +151,32 @@ class Sequential:
         if x.ndim != 4 or x.shape[1:] != (C, H, W):
             raise ValueError(f"x must have shape (N, {C}, {H}, {W})"
                              f"{f' or (N, {H}, {W})' if C == 1 else ''}, got {x.shape}")
+        # The kernels need the input in the parameters' dtype (float32 unless
+        # the model was built or saved in float64).
+        ftype = (np.dtype(np.float32) if self.dtype is None else self.dtype).type
         if x.dtype == np.uint8:
-            x = x.astype(np.float32) / np.float32(255.0)
+            x = x.astype(ftype) / ftype(255.0)
         elif x.dtype.kind == "f":
             if x.size and not np.isfinite(x).all():
                 raise ValueError("x holds NaN or infinite values")
             if x.size and (x.min() < 0 or x.max() > 1):
                 raise ValueError(f"float pixels must lie in [0, 1] (uint8 for 0-255), got "
                                  f"values in [{x.min()}, {x.max()}]")
-            x = x.astype(np.float32)
+            x = x.astype(ftype)
         else:
             raise TypeError(f"x must be uint8 (0-255) or float (0-1) pixels, got {x.dtype}")
         if self.normalization is not None:
-            x = (x - np.float32(self.normalization["mean"])) / np.float32(
-                self.normalization["std"])
-        return np.ascontiguousarray(x, dtype=np.float32)
+            x = (x - ftype(self.normalization["mean"])) / ftype(self.normalization["std"])
+        return np.ascontiguousarray(x, dtype=ftype)
 
     def logits(self, x, batch_size=256):
         """Class scores (N, K) for normalised input, computed in batches."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if len(x) == 0:
-            return np.zeros((0, self.num_classes), np.float32)
+            return np.zeros((0, self.num_classes),
+                            np.float32 if self.dtype is None else self.dtype)
         return np.concatenate([self.forward(x[i:i + batch_size], training=False)
                                for i in range(0, len(x), batch_size)])
 

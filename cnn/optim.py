@@ -134,7 +134,7 @@ class Schedule:
 
     def __call__(self, progress):
         if self.warmup and progress < self.warmup:
-            return self.base_lr * (progress + 1e-3) / self.warmup
+            return self.base_lr * min(1.0, (progress + 1e-3) / self.warmup)
         if self.kind == "constant":
             return self.base_lr
         if self.kind == "step":
