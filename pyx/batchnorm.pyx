@@ -37,7 +37,7 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 
 from cnn._checks import check_batchnorm2d, check_batchnorm2d_cache, check_dout
-from cnn._threads import resolve_threads
+from cnn._threads import threads_for
 
 
 cdef void channel_moments(const floating* x, Py_ssize_t N, Py_ssize_t P, Py_ssize_t stride,
@@ -172,7 +172,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, *, training=T
                                                       running_var, momentum, eps)
     training = bool(training)
     N, C, H, W = x.shape
-    loop_threads = max(1, min(resolve_threads(threads), C))
+    loop_threads = min(threads_for(threads, x.size), C)
     out = np.empty_like(x)
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
@@ -196,7 +196,7 @@ def batchnorm2d_backward(dout, cache, *, threads=None):
     x, gamma, mean, inv_std, training = check_batchnorm2d_cache(cache)
     N, C, H, W = x.shape
     dout = check_dout(dout, x.shape, x.dtype)
-    loop_threads = max(1, min(resolve_threads(threads), C))
+    loop_threads = min(threads_for(threads, x.size), C)
     dx = np.empty_like(x)
     dgamma = np.empty(C, dtype=x.dtype)
     dbeta = np.empty(C, dtype=x.dtype)

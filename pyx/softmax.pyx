@@ -40,7 +40,7 @@ from libc.stdint cimport int64_t
 from cython cimport floating
 
 from cnn._checks import check_softmax_cross_entropy
-from cnn._threads import resolve_threads
+from cnn._threads import threads_for
 
 
 cdef double softmax_cross_entropy_kernel(const floating[:, ::1] logits,
@@ -89,7 +89,7 @@ def softmax_cross_entropy(logits, labels, *, threads=None):
     """
     logits, labels = check_softmax_cross_entropy(logits, labels)
     N = logits.shape[0]
-    loop_threads = max(1, min(resolve_threads(threads), N))
+    loop_threads = min(threads_for(threads, logits.size), N)
     dlogits = np.empty_like(logits)
     if logits.dtype == np.float32:
         total = softmax_cross_entropy_kernel[float](logits, labels, dlogits, loop_threads)

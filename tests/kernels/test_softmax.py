@@ -89,7 +89,7 @@ def test_gradient_numerical(backend, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 3), (7, 5), (1000, 10), (333, 257)])
+@pytest.mark.parametrize("shape", [(1, 3), (7, 5), (1000, 10), (333, 257), (2000, 100)])
 def test_thread_counts_agree(dtype, shape):
     logits, labels = make_batch(np.random.default_rng(11), *shape, dtype)
     op = get_backend("cython").softmax_cross_entropy
