@@ -169,7 +169,7 @@ def _train_step_cnn(arch, backend, threads, batch, seed=0):
     def step():
         logits = model.forward(x, training=True)
         _, dlogits = loss_fn(logits, y)
-        model.backward(dlogits)
+        model.backward(dlogits, input_grad=False)
         optimizer.step()
     return step
 

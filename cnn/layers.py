@@ -5,6 +5,8 @@ Shapes: images are NCHW, features (N, D). ``build(input_shape, rng)`` takes the
 per-sample input shape (no batch axis), creates the parameters and returns the
 per-sample output shape. ``forward(x, training)`` returns the output and keeps
 what ``backward(dout)`` needs; ``backward`` fills ``grads`` and returns dx.
+``backward(dout, need_dx=False)`` may skip dx and return None (Conv2D does:
+the first layer of a network has no use for its input gradient).
 """
 import numbers
 
@@ -111,9 +113,9 @@ class Conv2D(Layer):
                                                   threads=self.threads)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         dx, self.grads["w"], self.grads["b"] = self.ops.conv2d_backward(
-            dout, self.cache, threads=self.threads)
+            dout, self.cache, threads=self.threads, need_dx=need_dx)
         return dx
 
     def config(self):
@@ -148,7 +150,7 @@ class MaxPool2D(_Pool2D):
                                                      threads=self.threads)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return self.ops.maxpool2d_backward(dout, self.cache, threads=self.threads)
 
 
@@ -158,7 +160,7 @@ class AvgPool2D(_Pool2D):
                                                      threads=self.threads)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return self.ops.avgpool2d_backward(dout, self.cache, threads=self.threads)
 
 
@@ -167,7 +169,7 @@ class ReLU(Layer):
         out, self.cache = self.ops.relu_forward(x, threads=self.threads)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return self.ops.relu_backward(dout, self.cache, threads=self.threads)
 
 
@@ -181,7 +183,7 @@ class Flatten(Layer):
         self.cache = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout.reshape(self.cache)
 
 
@@ -211,7 +213,7 @@ class Dense(Layer):
                                                  threads=self.threads)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         dx, self.grads["w"], self.grads["b"] = self.ops.dense_backward(
             dout, self.cache, threads=self.threads)
         return dx
@@ -239,7 +241,7 @@ class Dropout(Layer):
         self.cache = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.rate))
         return x * self.cache
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         return dout if self.cache is None else dout * self.cache
 
     def config(self):
@@ -280,7 +282,7 @@ class BatchNorm2D(Layer):
             eps=self.eps, threads=self.threads)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_dx=True):
         dx, self.grads["gamma"], self.grads["beta"] = self.ops.batchnorm2d_backward(
             dout, self.cache, threads=self.threads)
         return dx

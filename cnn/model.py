@@ -84,10 +84,12 @@ class Sequential:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dout):
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
-        return dout
+    def backward(self, dout, input_grad=True):
+        """Fill every layer's grads from dL/dlogits; return dL/dx (None when
+        ``input_grad`` is False, which lets the first layer skip that work)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            dout = self.layers[i].backward(dout, need_dx=input_grad or i > 0)
+        return dout if input_grad else None
 
     def parameters(self):
         """[(key, param, grad_getter)] in a fixed order; key is 'LAYER.NAME'."""

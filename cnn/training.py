@@ -72,7 +72,7 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
                 xb = augment_batch(xb, rng, **augment)
             logits = model.forward(xb, training=True)
             loss, dlogits = loss_fn(logits, yb)
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             optimizer.step()
             loss_sum += loss * len(idx)
             correct += int((logits.argmax(axis=1) == yb).sum())

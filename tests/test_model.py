@@ -305,3 +305,18 @@ def test_config_round_trip():
     assert again.config() == model.config()
     for k, v in model.state().items():
         np.testing.assert_array_equal(again.state()[k], v)
+
+
+@pytest.mark.parametrize("backend", ["cython", "python"])
+def test_backward_without_input_grad_keeps_parameter_grads(backend):
+    model = build_architecture("lenet5").build(seed=3, backend=backend)
+    x = np.random.default_rng(4).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    dlogits = np.random.default_rng(5).standard_normal((5, 10)).astype(np.float32)
+    model.forward(x, training=True)
+    dx = model.backward(dlogits)
+    full = {k: g[n].copy() for k, _, g, n in model.parameters()}
+    model.forward(x, training=True)
+    assert model.backward(dlogits, input_grad=False) is None
+    assert dx.shape == x.shape
+    for key, _, grads, name in model.parameters():
+        np.testing.assert_array_equal(grads[name], full[key], err_msg=key)
