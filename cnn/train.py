@@ -89,8 +89,10 @@ def build_parser():
     p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 on weights (0)")
     p.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine",
                    help="learning-rate schedule over the epochs (default: cosine)")
-    p.add_argument("--augment", action="store_true",
-                   help="random shifts of up to 2 pixels and horizontal flips")
+    p.add_argument("--augment", nargs="?", const="both", default=None,
+                   choices=["flip", "shift", "both"],
+                   help="random horizontal flips, shifts of up to 2 pixels, or both "
+                        "(the flag alone)")
     p.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the training set held out for validation (0.1)")
     p.add_argument("--limit", type=positive_int, default=None,
@@ -237,7 +239,8 @@ def main(argv=None):
     print(f"  backend {model.backend}, {threads} threads, float32; images: "
           f"{len(x_train):,} train / {len(x_val):,} validation / {len(x_test):,} test; "
           f"batch {args.batch_size}, {args.optimizer} lr {lr:g} ({args.schedule}), "
-          f"{args.epochs} epochs{', augmented' if args.augment else ''}, seed {args.seed}")
+          f"{args.epochs} epochs{f', augment {args.augment}' if args.augment else ''}, "
+          f"seed {args.seed}")
     if resume:
         print(f"  resuming from {ckpt_file} after epoch {start_epoch}")
     print(f"  writing {out}", flush=True)
@@ -255,7 +258,8 @@ def main(argv=None):
 
     from cnn.backends import get_backend as _ops
     loss_fn = _ops(args.backend).softmax_cross_entropy
-    augment = ({"shift": 2, "flip": True, "fill": normalizer.background}
+    augment = ({"shift": 0 if args.augment == "flip" else 2,
+                "flip": args.augment != "shift", "fill": normalizer.background}
                if args.augment else None)
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
     if start_epoch >= args.epochs:
@@ -280,7 +284,7 @@ def main(argv=None):
         "train_accuracy": history[-1]["acc"] if history else None,
         "dataset": data.name, "train_images": len(x_train),
         "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size,
-        "augment": bool(args.augment), "seed": args.seed, "backend": model.backend,
+        "augment": args.augment, "seed": args.seed, "backend": model.backend,
         "threads": threads, "seconds": round(time.time() - started, 1),
         "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
