@@ -20,7 +20,7 @@ from cnn import __version__, get_num_threads
 from cnn.backends import BackendUnavailable, get_backend
 from cnn.data import DataError, load_dataset
 from cnn.io import ModelFileError, load_model
-from cnn.train import positive_int
+from cnn._cli import fail as _fail, positive_int
 
 PROG = "cnn.evaluate"
 
@@ -45,8 +45,7 @@ def build_parser():
 
 
 def fail(message, code=2):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
+    return _fail(PROG, message, code)
 
 
 def _finite(value):

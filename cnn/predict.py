@@ -26,7 +26,7 @@ import numpy as np
 from cnn.backends import BackendUnavailable, get_backend
 from cnn.images import ImageError, decode_image
 from cnn.io import ModelFileError, load_model
-from cnn.train import positive_int
+from cnn._cli import fail as _fail, positive_int
 
 PROG = "cnn.predict"
 INVERT = {"auto": "auto", "yes": True, "no": False}
@@ -53,8 +53,7 @@ def build_parser():
 
 
 def fail(message, code=2):
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code
+    return _fail(PROG, message, code)
 
 
 def class_names_of(model):
