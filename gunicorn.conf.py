@@ -38,7 +38,7 @@ def _cgroup_cpu_quota(root="/sys/fs/cgroup"):
 
 def _cores():
     """Cores this process may use: CPU affinity (taskset/cpuset) capped by a
-    cgroup CPU quota, rounded up. The same rule as service.config's
+    cgroup CPU quota, rounded up. The same rule as cnn._threads'
     available_cores(), repeated here because importing the service would
     load NumPy into the master."""
     try:

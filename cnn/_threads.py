@@ -2,22 +2,56 @@
 
 Every kernel takes ``threads=None``; None means the process-wide default, which
 is ``CNN_NUM_THREADS`` from the environment, else the cores this process may run
-on. ``set_num_threads`` changes the default at run time.
+on (its CPU affinity, capped by a container's CPU quota). ``set_num_threads``
+changes the default at run time.
 """
 import functools
+import math
 import os
 
 _default = None
 
 
+def _cgroup_cpu_limit(root):
+    """The CPU quota (in cores, may be fractional) of this cgroup, or None."""
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        if quota > 0 and period > 0:
+            return quota / period
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cores(cgroup_root="/sys/fs/cgroup"):
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota
+    (``docker run --cpus``, Kubernetes CPU limits), rounded up, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit(cgroup_root)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
 @functools.lru_cache(maxsize=None)
 def _cores():
     # Asked once: every kernel call resolves its thread count, and the system
-    # call costs microseconds.
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    # calls cost microseconds.
+    return available_cores()
 
 
 def _parse(value, name):

@@ -25,9 +25,9 @@ Environment values are strings and are checked here: a bad value (``CNN_MAX_IMAG
 stops ``create_app`` with a ValueError naming the variable, rather than serving
 with a surprise.
 """
-import math
 import os
 
+from cnn._threads import available_cores
 from cnn.backends import BACKENDS, BackendUnavailable, get_backend
 from cnn.images import MAX_PIXELS
 
@@ -60,41 +60,6 @@ def _positive_int(value, key):
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
     return value
-
-
-def _cgroup_cpu_limit(root):
-    """The CPU quota (in cores, may be fractional) of this cgroup, or None."""
-    try:  # cgroup v2: "max 100000" or "150000 100000"
-        with open(os.path.join(root, "cpu.max")) as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max" and int(period) > 0:
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
-            quota = int(f.read())
-        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
-            period = int(f.read())
-        if quota > 0 and period > 0:
-            return quota / period
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def available_cores(cgroup_root="/sys/fs/cgroup"):
-    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota
-    (``docker run --cpus``, Kubernetes CPU limits), rounded up, at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_limit(cgroup_root)
-    if quota is not None:
-        cores = min(cores, math.ceil(quota))
-    return max(1, cores)
 
 
 def default_threads(workers, cores=None):
