@@ -1,8 +1,18 @@
-"""Shared fixtures: small fake MNIST-format IDX folders written to tmp_path."""
+"""Shared fixtures: small fake MNIST-format IDX folders written to tmp_path;
+the Hypothesis profile for CI."""
 import gzip
+import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# On CI, Hypothesis replays the same examples every run (derandomize): a red
+# build then always means a change broke something, never an unlucky draw.
+# Locally, each run explores new examples.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # dtype -> IDX type code
 _IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
