@@ -13,6 +13,7 @@ import os
 # spinning on a busy 2-core machine. libgomp reads this when it loads, which
 # is when the first kernel module is imported, after this line. A value the
 # user set is kept.
+OMP_WAIT_POLICY_DEFAULTED = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cnn._threads import get_num_threads, set_num_threads

@@ -174,7 +174,7 @@ def _train_step_cnn(arch, backend, threads, batch, seed=0):
     return step
 
 
-def _train_step_torch(arch, threads, batch, seed=0):
+def _train_step_torch(arch, threads, batch, seed=0, channels_last=False):
     import torch
     from torch import nn
     torch.set_num_threads(threads)
@@ -188,9 +188,12 @@ def _train_step_torch(arch, threads, batch, seed=0):
         net = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                             nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+    x = torch.randn(batch, 1, 28, 28)
+    if channels_last:   # often PyTorch's fastest CPU layout for convolutions
+        net = net.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     loss_fn = nn.CrossEntropyLoss()
-    x = torch.randn(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
 
     def step():
@@ -216,6 +219,25 @@ def _epoch_seconds(step, steps_per_epoch, sample_steps, full_epoch):
     return statistics.median(times) * steps_per_epoch
 
 
+def _torch_epoch_seconds(arch, threads, batch, sample_steps, full_epoch, channels_last):
+    """A PyTorch epoch time measured in a child process with the user's own
+    environment: cnn sets OMP_WAIT_POLICY=PASSIVE for its OpenMP runtime when
+    the user has not, and in this process that would also slow PyTorch's."""
+    import cnn
+    env = dict(os.environ)
+    if cnn.OMP_WAIT_POLICY_DEFAULTED:
+        env.pop("OMP_WAIT_POLICY", None)
+    code = ("import torch, sys\n"   # torch (and its libgomp) load before cnn
+            "from cnn.bench import _epoch_seconds, _train_step_torch\n"
+            f"step = _train_step_torch({arch!r}, {threads}, {batch}, "
+            f"channels_last={channels_last})\n"
+            f"print(_epoch_seconds(step, {(EPOCH_IMAGES + batch - 1) // batch}, "
+            f"{sample_steps}, {full_epoch}))\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def run_train(threads, batch, sample_steps, full_epoch, archs, out=sys.stdout):
     print(machine_line(threads), file=out)
     steps_per_epoch = (EPOCH_IMAGES + batch - 1) // batch
@@ -230,7 +252,7 @@ def run_train(threads, batch, sample_steps, full_epoch, archs, out=sys.stdout):
     else:
         torch_error = None
     head = (f"{'network':<10} {'cython s':>9} {'numpy s':>9} {'numpy/cython':>13} "
-            f"{'torch s':>9} {'torch/cython':>13}")
+            f"{'torch s':>9} {'torch/cython':>13} {'torch-cl s':>11} {'torch-cl/cython':>16}")
     print(head + "\n" + "-" * len(head), file=out)
     for arch in archs:
         cy = _epoch_seconds(_train_step_cnn(arch, "cython", threads, batch), steps_per_epoch,
@@ -239,14 +261,14 @@ def run_train(threads, batch, sample_steps, full_epoch, archs, out=sys.stdout):
                             max(5, sample_steps // 4), False)
         line = f"{arch:<10} {cy:9.2f} {py:9.2f} {py / cy:12.2f}x"
         if torch_version:
-            th = _epoch_seconds(_train_step_torch(arch, threads, batch), steps_per_epoch,
-                                sample_steps, full_epoch)
-            line += f" {th:9.2f} {th / cy:12.2f}x"
+            th = _torch_epoch_seconds(arch, threads, batch, sample_steps, full_epoch, False)
+            cl = _torch_epoch_seconds(arch, threads, batch, sample_steps, full_epoch, True)
+            line += f" {th:9.2f} {th / cy:12.2f}x {cl:11.2f} {cl / cy:15.2f}x"
         else:
-            line += f" {'-':>9} {'-':>13}"
+            line += f" {'-':>9} {'-':>13} {'-':>11} {'-':>16}"
         print(line, file=out, flush=True)
     print(f"torch: {torch_version or f'not importable ({torch_error}); pip install torch to compare'}; "
-          f"ratios above 1 mean cython is faster", file=out)
+          f"torch-cl is channels_last; ratios above 1 mean cython is faster", file=out)
 
 
 def main(argv=None):
