@@ -22,6 +22,10 @@ CLASSES = [f"class{i}" for i in range(10)]
      [(32, 28, 28)] * 3 + [(32, 14, 14)] + [(64, 14, 14)] * 3 + [(64, 7, 7), (3136,),
                                                                   (128,), (128,), (128,),
                                                                   (10,)]),
+    ("convnet_deep", 871_018,
+     [(32, 28, 28)] * 6 + [(32, 14, 14)] + [(64, 14, 14)] * 6 + [(64, 7, 7), (3136,),
+                                                                 (256,), (256,), (256,),
+                                                                 (10,)]),
 ])
 def test_named_architectures(name, params, shapes):
     model = build_architecture(name, 10, class_names=CLASSES).build(seed=0)
@@ -36,7 +40,7 @@ def test_named_architectures(name, params, shapes):
 
 
 def test_named_architectures_follow_num_classes():
-    assert set(ARCHITECTURES) == {"lenet5", "convnet", "convnet_bn"}
+    assert set(ARCHITECTURES) == {"lenet5", "convnet", "convnet_bn", "convnet_deep"}
     for name in ARCHITECTURES:
         model = build_architecture(name, 3).build(seed=0)
         assert model.output_shape == (3,), name
