@@ -44,19 +44,12 @@ sys.path.insert(0, str(ROOT))
 
 import cnn  # noqa: E402
 from cnn._cli import positive_float, positive_int  # noqa: E402
+from cnn.bench import cpu_model  # noqa: E402
 from cnn.data import DataError, load_dataset  # noqa: E402
 
 
 def machine_line():
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

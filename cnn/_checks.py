@@ -56,6 +56,12 @@ def out_size(size, kernel, stride, pad):
     return (size + 2 * pad - kernel) // stride + 1
 
 
+def check_blas_sizes(op, *sizes):
+    """BLAS takes 32-bit ints: a matrix dimension past that would wrap around."""
+    if max(sizes) >= 2**31:
+        raise ValueError(f"{op} matrix dimension {max(sizes)} exceeds the BLAS int limit")
+
+
 def check_dout(dout, expected_shape, dtype):
     """The upstream gradient must have exactly the shape the forward pass produced."""
     dout = as_float_array(dout, "dout", len(expected_shape), dtype)

@@ -28,16 +28,20 @@ from cnn._threads import resolve_threads
 from cnn.backends import get_backend
 
 
-def machine_line(threads):
-    model = platform.processor() or "unknown CPU"
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, else what platform says."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line(threads):
+    model = cpu_model()
     coretype = os.environ.get("OPENBLAS_CORETYPE", "unset (OpenBLAS detects)")
     return (f"machine: {model}, {os.cpu_count()} cores; threads={threads}; "
             f"OPENBLAS_CORETYPE={coretype}; OMP_WAIT_POLICY="

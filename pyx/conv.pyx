@@ -31,7 +31,7 @@ import numpy as np
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
-from cnn._checks import check_conv2d, check_dout
+from cnn._checks import check_blas_sizes, check_conv2d, check_dout
 from cnn._blas_threads import split_threads, blas_threads
 
 include "gemm.pxi"
@@ -184,12 +184,6 @@ cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[
             col2im(dcols, &dx[n, 0, 0, 0], C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
 
 
-def _check_blas_sizes(*sizes):
-    # BLAS takes 32-bit ints; a dimension past that would wrap around.
-    if max(sizes) >= 2**31:
-        raise ValueError(f"conv2d matrix dimension {max(sizes)} exceeds the BLAS int limit")
-
-
 def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
     """Convolution (cross-correlation) forward.
 
@@ -201,7 +195,7 @@ def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     K, P = C * KH * KW, Hout * Wout
-    _check_blas_sizes(F, K, P)
+    check_blas_sizes("conv2d", F, K, P)
     loop_threads, gemm_threads = split_threads(threads, N)
     out = np.empty((N, F, P), dtype=x.dtype)
     work = np.empty((loop_threads, K, P), dtype=x.dtype)
@@ -229,7 +223,7 @@ def conv2d_backward(dout, cache, *, threads=None, need_dx=True):
     F, _, KH, KW = w.shape
     dout = check_dout(dout, (N, F, Hout, Wout), x.dtype)
     K, P = C * KH * KW, Hout * Wout
-    _check_blas_sizes(F, K, P)
+    check_blas_sizes("conv2d", F, K, P)
     loop_threads, gemm_threads = split_threads(threads, N)
     need_dx = bool(need_dx)
     # Without dx, placeholders of one element per image/thread: never indexed.

@@ -31,7 +31,7 @@ import numpy as np
 
 from cython.parallel cimport prange
 
-from cnn._checks import check_dense, check_dout
+from cnn._checks import check_blas_sizes, check_dense, check_dout
 from cnn._blas_threads import blas_threads
 from cnn._threads import resolve_threads
 
@@ -107,12 +107,6 @@ def _gemm_threads(threads, N, D, M):
     return max(1, min(resolve_threads(threads), (N * D * M) // (1 << 17)))
 
 
-def _check_blas_sizes(*sizes):
-    # BLAS takes 32-bit ints; a dimension past that would wrap around.
-    if max(sizes) >= 2**31:
-        raise ValueError(f"dense matrix dimension {max(sizes)} exceeds the BLAS int limit")
-
-
 def dense_forward(x, w, b, *, threads=None):
     """Fully connected forward.
 
@@ -122,7 +116,7 @@ def dense_forward(x, w, b, *, threads=None):
     x, w, b = check_dense(x, w, b)
     N, D = x.shape
     M = w.shape[0]
-    _check_blas_sizes(N, D, M)
+    check_blas_sizes("dense", N, D, M)
     nt = min(_gemm_threads(threads, N, D, M), M)
     out = np.empty((N, M), dtype=x.dtype)
     with blas_threads(1):
@@ -141,7 +135,7 @@ def dense_backward(dout, cache, *, threads=None):
     N, D = x.shape
     M = w.shape[0]
     dout = check_dout(dout, (N, M), x.dtype)
-    _check_blas_sizes(N, D, M)
+    check_blas_sizes("dense", N, D, M)
     nt = min(_gemm_threads(threads, N, D, M), D)
     db_threads = max(1, min(nt, (M + DB_BLOCK - 1) // DB_BLOCK))
     dx = np.empty_like(x)
