@@ -54,3 +54,26 @@ def blas_threads(n):
     finally:
         for lib, before in changed:
             lib.set_num_threads(before)
+
+
+# Multiply-adds below which a second thread's wake-up (microseconds) costs more
+# than it saves: about 5 us of single-threaded SGEMM.
+GEMM_WORK_PER_THREAD = 1 << 18
+
+
+def forward_split(threads, images, filters, work_per_filter):
+    """(filter_blocks, loop_threads) for a convolution forward pass.
+
+    The work items are (image, block of filters) pairs, each a single-threaded
+    GEMM. With at least as many images as threads a block is every filter;
+    with fewer (a batch of one at inference) each image's filters are cut into
+    blocks so that every thread still gets a GEMM of its own, and OpenBLAS's
+    thread pool is never needed. Blocks are not cut thinner than the work is
+    worth: each gets at least GEMM_WORK_PER_THREAD multiply-adds.
+    """
+    total = resolve_threads(threads)
+    blocks = 1
+    if images < total:
+        worth = max(1, (filters * work_per_filter) // GEMM_WORK_PER_THREAD)
+        blocks = max(1, min(-(-total // images), filters, worth))
+    return blocks, max(1, min(total, images * blocks))

@@ -115,6 +115,23 @@ def check_pool2d(x, kernel, stride):
     return x, kernel, stride, (Hout, Wout)
 
 
+def check_conv_relu_pool(x, w, b, stride, pad, pool_kernel, pool_stride):
+    """Validate conv2d_relu_maxpool2d_forward's inputs: conv2d's, then pooling's on
+    the conv output.
+
+    Returns (x, w, b, stride, pad, (Hc, Wc), pool_kernel, pool_stride, (Hp, Wp)).
+    """
+    x, w, b, stride, pad, (Hc, Wc) = check_conv2d(x, w, b, stride, pad)
+    pool_kernel = pair(pool_kernel, "pool_kernel", 1)
+    pool_stride = pool_kernel if pool_stride is None else pair(pool_stride, "pool_stride", 1)
+    if pool_kernel[0] > Hc or pool_kernel[1] > Wc:
+        raise ValueError(f"pooling kernel {pool_kernel[0]}x{pool_kernel[1]} is larger than the "
+                         f"conv output {Hc}x{Wc} (x shape {x.shape}, w shape {w.shape})")
+    Hp = out_size(Hc, pool_kernel[0], pool_stride[0], 0)
+    Wp = out_size(Wc, pool_kernel[1], pool_stride[1], 0)
+    return x, w, b, stride, pad, (Hc, Wc), pool_kernel, pool_stride, (Hp, Wp)
+
+
 def check_elementwise(x):
     """Any-shape float array (relu)."""
     if not isinstance(x, np.ndarray):

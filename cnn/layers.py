@@ -173,6 +173,34 @@ class ReLU(Layer):
         return self.ops.relu_backward(dout, self.cache, threads=self.threads)
 
 
+class ConvReLUMaxPool:
+    """Conv2D -> ReLU -> MaxPool2D run as one op: the model's fast path for that
+    common triple (see Sequential.steps). Not a layer of its own: the three
+    layers keep their configs and parameters, and the Conv2D gets the grads;
+    this object only holds the fused op's cache.
+    """
+
+    def __init__(self, conv, relu, pool):
+        self.layers = (conv, relu, pool)
+        self.cache = None
+
+    def forward(self, x, training=False, need_cache=True):
+        conv, _, pool = self.layers
+        out, self.cache = conv.ops.conv2d_relu_maxpool2d_forward(
+            x, conv.params["w"], conv.params["b"], conv.stride, conv.pad, pool.kernel,
+            pool.stride, threads=conv.threads, need_cache=need_cache)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        conv = self.layers[0]
+        dx, conv.grads["w"], conv.grads["b"] = conv.ops.conv2d_relu_maxpool2d_backward(
+            dout, self.cache, threads=conv.threads, need_dx=need_dx)
+        return dx
+
+    def __repr__(self):
+        return " -> ".join(repr(layer) for layer in self.layers)
+
+
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W), C-order, so Dense weights see (c, h, w) features."""
 

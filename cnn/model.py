@@ -8,7 +8,7 @@ trained with (``normalization``, saved in the weights file).
 import numpy as np
 
 from cnn.backends import get_backend
-from cnn.layers import layer_from_config
+from cnn.layers import ConvReLUMaxPool, Conv2D, MaxPool2D, ReLU, layer_from_config
 
 
 def softmax(logits):
@@ -29,6 +29,8 @@ class Sequential:
         self.rng = None
         self.output_shape = None
         self.dtype = None           # the parameters' float dtype, set by build
+        self.fuse = True            # run Conv2D -> ReLU -> MaxPool2D as one op
+        self._steps = None
 
     # -- construction ---------------------------------------------------------
     def build(self, seed=0, dtype=np.float32, backend=None, threads=None):
@@ -62,7 +64,28 @@ class Sequential:
         for layer in self.layers:
             layer.ops = ops
             layer.threads = threads
+        self._steps = None
         return self
+
+    def steps(self):
+        """The layers as they run: every Conv2D -> ReLU -> MaxPool2D triple is one
+        fused step (ConvReLUMaxPool) when ``fuse`` is on, the rest one step each.
+        The fused op computes what the three do (its tests check that on every
+        backend) in one pass over memory instead of three."""
+        key = (self.fuse, tuple(map(id, self.layers)))
+        if self._steps is None or self._steps[0] != key:
+            steps, i, layers = [], 0, self.layers
+            while i < len(layers):
+                if (self.fuse and i + 2 < len(layers)
+                        and type(layers[i]) is Conv2D and type(layers[i + 1]) is ReLU
+                        and type(layers[i + 2]) is MaxPool2D):
+                    steps.append(ConvReLUMaxPool(*layers[i:i + 3]))
+                    i += 3
+                else:
+                    steps.append(layers[i])
+                    i += 1
+            self._steps = (key, steps)
+        return self._steps[1]
 
     @property
     def num_classes(self):
@@ -79,16 +102,22 @@ class Sequential:
                    name=config.get("name", "model"))
 
     # -- training -------------------------------------------------------------
-    def forward(self, x, training=False):
-        for layer in self.layers:
-            x = layer.forward(x, training)
+    def forward(self, x, training=False, need_cache=True):
+        """Logits for a normalised batch. need_cache=False (inference only, no
+        backward to follow) lets fused steps skip keeping what backward needs."""
+        for step in self.steps():
+            if type(step) is ConvReLUMaxPool:
+                x = step.forward(x, training, need_cache)
+            else:
+                x = step.forward(x, training)
         return x
 
     def backward(self, dout, input_grad=True):
         """Fill every layer's grads from dL/dlogits; return dL/dx (None when
         ``input_grad`` is False, which lets the first layer skip that work)."""
-        for i in range(len(self.layers) - 1, -1, -1):
-            dout = self.layers[i].backward(dout, need_dx=input_grad or i > 0)
+        steps = self.steps()
+        for i in range(len(steps) - 1, -1, -1):
+            dout = steps[i].backward(dout, need_dx=input_grad or i > 0)
         return dout if input_grad else None
 
     def parameters(self):
@@ -179,7 +208,8 @@ class Sequential:
         if len(x) == 0:
             return np.zeros((0, self.num_classes),
                             np.float32 if self.dtype is None else self.dtype)
-        return np.concatenate([self.forward(x[i:i + batch_size], training=False)
+        return np.concatenate([self.forward(x[i:i + batch_size], training=False,
+                                            need_cache=False)
                                for i in range(0, len(x), batch_size)])
 
     def predict_proba(self, x, batch_size=256):

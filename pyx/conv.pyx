@@ -29,123 +29,43 @@ cores from the OpenMP threads that come next. With fewer images than threads
 import numpy as np
 
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
 
 from cnn._checks import check_blas_sizes, check_conv2d, check_dout
-from cnn._blas_threads import split_threads, blas_threads
+from cnn._blas_threads import blas_threads, forward_split, split_threads
 
 include "gemm.pxi"
 
 
-cdef inline Py_ssize_t first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
-    """Smallest o >= 0 with o*stride + offset >= 0 (offset = k - pad)."""
-    if offset >= 0:
-        return 0
-    return (-offset + stride - 1) // stride
-
-
-cdef inline Py_ssize_t end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
-                                 Py_ssize_t out) noexcept nogil:
-    """One past the largest o < out with o*stride + offset < size."""
-    cdef Py_ssize_t last = size - 1 - offset
-    if last < 0:
-        return 0
-    last = last // stride + 1
-    return last if last < out else out
-
-
-cdef void im2col(const floating* x, floating* cols,
-                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
-                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                 Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
-    """cols (C*KH*KW, Hout*Wout) from one image x (C, H, W); padding reads as 0."""
-    cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi, oh_lo, oh_hi, iw0
-    cdef floating* dst
-    cdef const floating* src
-    for c in range(C):
-        for kh in range(KH):
-            oh_lo = first_valid(kh - ph, sh)
-            oh_hi = end_valid(kh - ph, sh, H, Hout)
-            for kw in range(KW):
-                ow_lo = first_valid(kw - pw, sw)
-                ow_hi = end_valid(kw - pw, sw, W, Wout)
-                for oh in range(Hout):
-                    dst = cols + oh * Wout
-                    if oh < oh_lo or oh >= oh_hi or ow_lo >= ow_hi:
-                        memset(dst, 0, Wout * sizeof(floating))
-                        continue
-                    ih = oh * sh + kh - ph
-                    iw0 = kw - pw
-                    src = x + (c * H + ih) * W
-                    if ow_lo > 0:
-                        memset(dst, 0, ow_lo * sizeof(floating))
-                    if sw == 1:
-                        # Rows are short (a few dozen values): an inline loop the
-                        # compiler vectorises beats a memcpy call here.
-                        for ow in range(ow_lo, ow_hi):
-                            dst[ow] = src[ow + iw0]
-                    else:
-                        for ow in range(ow_lo, ow_hi):
-                            dst[ow] = src[ow * sw + iw0]
-                    if ow_hi < Wout:
-                        memset(dst + ow_hi, 0, (Wout - ow_hi) * sizeof(floating))
-                cols += Hout * Wout
-
-
-cdef void col2im(const floating* cols, floating* x,
-                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
-                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                 Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
-    """Add cols (C*KH*KW, Hout*Wout) back into one image x (C, H, W), zeroed first.
-
-    The adjoint of im2col: overlapping windows accumulate, padding is dropped.
-    """
-    cdef Py_ssize_t c, kh, kw, oh, ow, ow_lo, ow_hi, oh_lo, oh_hi, iw0
-    cdef const floating* src
-    cdef floating* dst
-    memset(x, 0, C * H * W * sizeof(floating))
-    for c in range(C):
-        for kh in range(KH):
-            oh_lo = first_valid(kh - ph, sh)
-            oh_hi = end_valid(kh - ph, sh, H, Hout)
-            for kw in range(KW):
-                ow_lo = first_valid(kw - pw, sw)
-                ow_hi = end_valid(kw - pw, sw, W, Wout)
-                iw0 = kw - pw
-                for oh in range(oh_lo, oh_hi):
-                    src = cols + oh * Wout
-                    dst = x + (c * H + oh * sh + kh - ph) * W + iw0
-                    if sw == 1:
-                        for ow in range(ow_lo, ow_hi):
-                            dst[ow] += src[ow]
-                    else:
-                        for ow in range(ow_lo, ow_hi):
-                            dst[ow * sw] += src[ow]
-                cols += Hout * Wout
+include "im2col.pxi"
 
 
 cdef void conv2d_forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
                                 const floating[::1] b, floating[:, :, ::1] out,
                                 floating[:, :, ::1] work, Py_ssize_t KH, Py_ssize_t KW,
                                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                                Py_ssize_t Hout, Py_ssize_t Wout, int loop_threads) noexcept nogil:
-    """out (N, F, P) = w2 (F, K) @ im2col(x[n]) + b, one image per iteration."""
+                                Py_ssize_t Hout, Py_ssize_t Wout, Py_ssize_t filter_blocks,
+                                int loop_threads) noexcept nogil:
+    """out (N, F, P) = w2 (F, K) @ im2col(x[n]) + b, one (image, filter block) per
+    iteration."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w2.shape[0], K = w2.shape[1], P = Hout * Wout
-    cdef Py_ssize_t n, f, p
+    cdef Py_ssize_t item, n, f, f0, f1, p
     cdef int tid
     cdef floating* cols
     cdef floating* o
-    for n in prange(N, num_threads=loop_threads, schedule="static"):
+    for item in prange(N * filter_blocks, num_threads=loop_threads, schedule="static"):
         tid = threadid()
+        n = item // filter_blocks
+        f0 = (item % filter_blocks) * F // filter_blocks
+        f1 = (item % filter_blocks + 1) * F // filter_blocks
         cols = &work[tid, 0, 0]
         im2col(&x[n, 0, 0, 0], cols, C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
-        o = &out[n, 0, 0]
-        for f in range(F):
+        o = &out[n, f0, 0]
+        for f in range(f1 - f0):
             for p in range(P):
-                o[f * P + p] = b[f]
-        gemm_rowmajor(False, False, <int>F, <int>P, <int>K, <floating>1.0, &w2[0, 0], <int>K,
-                      cols, <int>P, <floating>1.0, o, <int>P)
+                o[f * P + p] = b[f0 + f]
+        gemm_rowmajor(False, False, <int>(f1 - f0), <int>P, <int>K, <floating>1.0,
+                      &w2[f0, 0], <int>K, cols, <int>P, <floating>1.0, o, <int>P)
 
 
 cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
@@ -196,17 +116,19 @@ def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
     F, _, KH, KW = w.shape
     K, P = C * KH * KW, Hout * Wout
     check_blas_sizes("conv2d", F, K, P)
-    loop_threads, gemm_threads = split_threads(threads, N)
+    filter_blocks, loop_threads = forward_split(threads, N, F, K * P)
     out = np.empty((N, F, P), dtype=x.dtype)
     work = np.empty((loop_threads, K, P), dtype=x.dtype)
     w2 = w.reshape(F, K)
-    with blas_threads(gemm_threads):
+    with blas_threads(1):
         if x.dtype == np.float32:
             conv2d_forward_kernel[float](x, w2, b, out, work, KH, KW, stride[0], stride[1],
-                                         pad[0], pad[1], Hout, Wout, loop_threads)
+                                         pad[0], pad[1], Hout, Wout, filter_blocks,
+                                         loop_threads)
         else:
             conv2d_forward_kernel[double](x, w2, b, out, work, KH, KW, stride[0], stride[1],
-                                          pad[0], pad[1], Hout, Wout, loop_threads)
+                                          pad[0], pad[1], Hout, Wout, filter_blocks,
+                                          loop_threads)
     return out.reshape(N, F, Hout, Wout), (x, w, b, stride, pad)
 
 

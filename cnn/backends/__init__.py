@@ -12,6 +12,12 @@ Every backend module exposes the same functions, in the CS231n style:
         H' = (H + 2*pad_h - KH) // stride_h + 1; stride and pad: int or (h, w)
     conv2d_backward(dout, cache, *, threads=None, need_dx=True) -> (dx, dw, db)
         need_dx=False skips the input gradient and returns dx None (a first layer)
+    conv2d_relu_maxpool2d_forward(x, w, b, stride=1, pad=0, pool_kernel=2,
+                                  pool_stride=None, *, threads=None, need_cache=True)
+        -> (out, cache); maxpool2d(relu(conv2d(x, ...))) in one op (the cython
+        kernel fuses the three); need_cache=False (inference) returns cache None
+    conv2d_relu_maxpool2d_backward(dout, cache, *, threads=None, need_dx=True)
+        -> (dx, dw, db)
     maxpool2d_forward(x, kernel=2, stride=None, *, threads=None) -> (out, cache)
     maxpool2d_backward(dout, cache, *, threads=None) -> dx
     avgpool2d_forward(x, kernel=2, stride=None, *, threads=None) -> (out, cache)
@@ -46,6 +52,7 @@ import os
 BACKENDS = ("cython", "python", "naive")
 OPS = (
     "conv2d_forward", "conv2d_backward",
+    "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "relu_forward", "relu_backward",

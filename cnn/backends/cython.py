@@ -7,6 +7,8 @@ from cnn.backends import BackendUnavailable
 
 try:
     from cnn._conv import conv2d_forward, conv2d_backward
+    from cnn._conv_relu_pool import (conv2d_relu_maxpool2d_forward,
+                                     conv2d_relu_maxpool2d_backward)
     from cnn._pool import (maxpool2d_forward, maxpool2d_backward,
                            avgpool2d_forward, avgpool2d_backward)
     from cnn._relu import relu_forward, relu_backward

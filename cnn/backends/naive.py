@@ -12,3 +12,7 @@ from cnn.reference.dense import dense_backward_naive as dense_backward
 from cnn.reference.softmax import softmax_cross_entropy_naive as softmax_cross_entropy
 from cnn.reference.batchnorm import batchnorm2d_forward_naive as batchnorm2d_forward
 from cnn.reference.batchnorm import batchnorm2d_backward_naive as batchnorm2d_backward
+from cnn.reference.conv_relu_pool import (
+    conv2d_relu_maxpool2d_forward_naive as conv2d_relu_maxpool2d_forward)
+from cnn.reference.conv_relu_pool import (
+    conv2d_relu_maxpool2d_backward_naive as conv2d_relu_maxpool2d_backward)

@@ -399,6 +399,8 @@ def forward_of(B, op, dtype=F32):
     """(forward output, cache, backward function) of op on valid inputs."""
     if op == "conv2d":
         out, cache = B.conv2d_forward(*conv_args(dtype))
+    elif op == "conv2d_relu_maxpool2d":
+        out, cache = B.conv2d_relu_maxpool2d_forward(*conv_args(dtype), 1, 1)
     elif op in ("maxpool2d", "avgpool2d"):
         out, cache = getattr(B, f"{op}_forward")(pool_x(dtype), 2)
     elif op == "relu":
@@ -410,7 +412,7 @@ def forward_of(B, op, dtype=F32):
     return out, cache, getattr(B, f"{op}_backward")
 
 
-BACKWARD_OPS = ("conv2d", "maxpool2d", "avgpool2d", "relu", "dense", "batchnorm2d")
+BACKWARD_OPS = ("conv2d", "conv2d_relu_maxpool2d", "maxpool2d", "avgpool2d", "relu", "dense", "batchnorm2d")
 
 
 def bad_douts(out):
@@ -465,6 +467,8 @@ def cython_calls():
     B = get_backend("cython")
     calls = {
         "conv2d_forward": lambda t: B.conv2d_forward(*conv_args(), threads=t),
+        "conv2d_relu_maxpool2d_forward":
+            lambda t: B.conv2d_relu_maxpool2d_forward(*conv_args(), 1, 1, threads=t),
         "maxpool2d_forward": lambda t: B.maxpool2d_forward(pool_x(), 2, threads=t),
         "avgpool2d_forward": lambda t: B.avgpool2d_forward(pool_x(), 2, threads=t),
         "relu_forward": lambda t: B.relu_forward(pool_x(), threads=t),
@@ -480,7 +484,8 @@ def cython_calls():
     return calls
 
 
-CYTHON_OPS = ("conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+CYTHON_OPS = ("conv2d_forward", "conv2d_backward", "conv2d_relu_maxpool2d_forward",
+              "conv2d_relu_maxpool2d_backward", "maxpool2d_forward", "maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "relu_forward", "relu_backward",
               "dense_forward", "dense_backward", "softmax_cross_entropy",
               "batchnorm2d_forward", "batchnorm2d_backward")

@@ -1,0 +1,264 @@
+"""conv2d -> relu -> maxpool2d fused: one pass per image, forward and backward.
+
+Why fuse: run one by one, the three ops write the conv output (N, F, H', W')
+to memory, read it back for relu, write it again, read it again for pooling,
+and do the same with the gradients on the way back. For convnet's first layer
+that is four passes over 6.4 MB per 64-image batch, far more than the L2
+caches hold, and relu and pooling were a third of that layer's time. Fused, an
+image's conv output (F, P) lives in its thread's workspace (50-100 KB, in L2)
+while relu and pooling read it, and only the pooled output is written.
+
+Equivalence with the three ops (tests/kernels/test_conv_relu_pool.py checks
+it against the composition on every backend): relu is monotonic, so
+maxpool(relu(c)) = relu(maxpool(c)). Each window's maximum of the conv output
+c is found with max pooling's rule (the last maximum wins, a NaN beats every
+number; see pool.pyx) and out = relu(max). On the way back, pooling routes a
+window's gradient to its argmax and relu lets it through only where c > 0; so
+the cache keeps the argmax where the max is > 0 and -1 (no gradient) where it
+is not (a NaN or a max <= 0). When every value of a window is <= 0, unfused
+pooling picks the last of the relu's zeros, whose gradient relu then stops:
+the same zero gradient.
+
+Layout: NCHW. cols (K, P) as in conv.pyx (K = C*KH*KW taps, P = H'*W'
+pixels); the cache's argmax (N, F, Hp, Wp) is int64, the flat index into an
+(H', W') plane of the conv output, as max pooling's cache.
+
+Parallel axis: as conv.pyx, images; each thread owns its cols, conv-output
+and gradient workspaces, and writes only its own images' out, argmax and dx.
+With fewer images than threads (a batch of one at inference) the forward pass
+also cuts each image's filters into blocks, so each thread computes and pools
+its own filters. dw and db are sums over images: per-thread parts, added up
+after the loop. Every GEMM is single-threaded BLAS; backward with fewer images
+than threads gives BLAS the spare threads instead (training on one image is
+rare enough not to deserve its own split).
+
+Backward scatters dout through argmax into a zeroed (F, P) gradient of the
+conv output; an index outside [0, P) is skipped, so a tampered cache cannot
+write out of bounds. Windows may overlap (pool stride < kernel): the
+scatter adds, and one thread owns the image.
+"""
+import numpy as np
+
+from cython.parallel cimport prange, threadid
+
+from cnn._checks import check_argmax, check_blas_sizes, check_conv_relu_pool, check_dout
+from cnn._blas_threads import blas_threads, forward_split, split_threads
+
+include "gemm.pxi"
+include "im2col.pxi"
+include "maxpool_plane.pxi"
+
+
+cdef void relu_maxpool_plane(const floating* c, floating* out, int64_t* arg, Py_ssize_t Wc,
+                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t Hp, Py_ssize_t Wp) noexcept nogil:
+    """out (Hp, Wp) = relu(window max) of one conv-output plane c (Hc, Wc); arg gets
+    the max's flat index where the max is > 0, else -1."""
+    cdef Py_ssize_t q
+    cdef floating v
+    cdef int64_t keep
+    if maxpool_plane(c, out, arg, Wc, KH, KW, sh, sw, Hp, Wp):
+        maxpool_plane_exact(c, out, arg, Wc, KH, KW, sh, sw, Hp, Wp)
+    for q in range(Hp * Wp):
+        v = out[q]
+        keep = v > 0                            # false for a NaN too
+        arg[q] = (arg[q] & -keep) | (keep - 1)  # the index, or -1: no branch
+        out[q] = 0 if v < 0 else v              # relu: a NaN stays a NaN
+
+
+cdef struct Geometry:
+    # conv
+    Py_ssize_t C, H, W, F, K, KH, KW, sh, sw, ph, pw, Hc, Wc
+    # the conv output plane as the kernels hold it: rows of ``row`` values
+    # (Wc, or the padded width Wp in the wide layout), L = Hc * row in all
+    Py_ssize_t row, L
+    # wide layout (stride 1): padded planes of ``plane`` values
+    bint wide
+    Py_ssize_t plane
+    # pooling
+    Py_ssize_t PKH, PKW, psh, psw, Hp, Wp
+
+
+cdef inline void image_cols(const floating* x, floating* xp, floating* cols,
+                            Geometry* g) noexcept nogil:
+    """cols (K, L) of one image; xp is the wide layout's padded-image scratch."""
+    if g.wide:
+        pad_image(x, xp, g.C, g.H, g.W, g.ph, g.pw, g.row, g.plane)
+        im2col_wide(xp, cols, g.C, g.plane, g.row, g.KH, g.KW, g.Hc)
+    else:
+        im2col(x, cols, g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.Hc, g.Wc)
+
+
+cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
+                         const floating[::1] b, floating[:, :, ::1] out, int64_t[:, :, ::1] arg,
+                         bint arg_per_thread, floating[:, ::1] pad_work,
+                         floating[:, :, ::1] work, floating[:, :, ::1] conv, Geometry g,
+                         Py_ssize_t filter_blocks, int loop_threads) noexcept nogil:
+    """out (N, F, Hp*Wp) = maxpool(relu(w2 @ im2col(x[n]) + b)), one (image, filter
+    block) per iteration. arg is (N, F, Hp*Wp), or with arg_per_thread (inference:
+    nothing is kept) a (threads, F, Hp*Wp) scratch."""
+    cdef Py_ssize_t N = x.shape[0], F = g.F, L = g.L
+    cdef Py_ssize_t item, n, f, f0, f1, p, a
+    cdef int tid
+    cdef floating* cols
+    cdef floating* c
+    for item in prange(N * filter_blocks, num_threads=loop_threads, schedule="static"):
+        tid = threadid()
+        n = item // filter_blocks
+        f0 = (item % filter_blocks) * F // filter_blocks
+        f1 = (item % filter_blocks + 1) * F // filter_blocks
+        cols = &work[tid, 0, 0]
+        c = &conv[tid, 0, 0]
+        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
+        for f in range(f1 - f0):
+            for p in range(L):
+                c[f * L + p] = b[f0 + f]
+        gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>g.K, <floating>1.0,
+                      &w2[f0, 0], <int>g.K, cols, <int>L, <floating>1.0, c, <int>L)
+        a = tid if arg_per_thread else n
+        for f in range(f1 - f0):
+            relu_maxpool_plane(c + f * L, &out[n, f0 + f, 0], &arg[a, f0 + f, 0],
+                               g.row, g.PKH, g.PKW, g.psh, g.psw, g.Hp, g.Wp)
+
+
+cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
+                          const floating[:, :, ::1] dout, const int64_t[:, :, ::1] arg,
+                          floating[:, :, :, ::1] dx, floating[:, :, ::1] dw_parts,
+                          floating[:, ::1] db_parts, floating[:, ::1] pad_work,
+                          floating[:, :, ::1] work, floating[:, :, ::1] dconv_work,
+                          floating[:, :, ::1] dwork, Geometry g, bint need_dx,
+                          int loop_threads) noexcept nogil:
+    """Scatter dout[n] through arg into dconv (F, L), then conv2d's backward for image n;
+    thread t adds its images' dw, db into part t."""
+    cdef Py_ssize_t N = x.shape[0], F = g.F, K = g.K, L = g.L
+    cdef Py_ssize_t Q = dout.shape[2]
+    cdef Py_ssize_t n, f, q, a
+    cdef int tid
+    cdef floating* cols
+    cdef floating* dconv
+    cdef floating* dcols
+    cdef floating acc
+    for n in prange(N, num_threads=loop_threads, schedule="static"):
+        tid = threadid()
+        cols = &work[tid, 0, 0]
+        dconv = &dconv_work[tid, 0, 0]
+        dcols = &dwork[tid, 0, 0]
+        memset(dconv, 0, F * L * sizeof(floating))
+        for f in range(F):
+            acc = 0
+            for q in range(Q):
+                a = arg[n, f, q]
+                if 0 <= a < L:
+                    dconv[f * L + a] += dout[n, f, q]
+                    acc = acc + dout[n, f, q]
+            db_parts[tid, f] += acc
+        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
+        gemm_rowmajor(False, True, <int>F, <int>K, <int>L, <floating>1.0, dconv, <int>L,
+                      cols, <int>L, <floating>1.0, &dw_parts[tid, 0, 0], <int>K)
+        if need_dx:
+            gemm_rowmajor(True, False, <int>K, <int>L, <int>F, <floating>1.0, &w2[0, 0],
+                          <int>K, dconv, <int>L, <floating>0.0, dcols, <int>L)
+            if g.wide:
+                col2im_wide(dcols, &pad_work[tid, 0], g.C, g.plane, g.row, g.KH, g.KW, g.Hc)
+                unpad_image(&pad_work[tid, 0], &dx[n, 0, 0, 0], g.C, g.H, g.W, g.ph, g.pw,
+                            g.row, g.plane)
+            else:
+                col2im(dcols, &dx[n, 0, 0, 0], g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph,
+                       g.pw, g.Hc, g.Wc)
+
+
+cdef Geometry geometry(tuple x_shape, tuple w_shape, stride, pad, conv_size, pool_kernel,
+                       pool_stride, pool_size):
+    cdef Geometry g
+    g.C, g.H, g.W = x_shape[1], x_shape[2], x_shape[3]
+    g.F, g.KH, g.KW = w_shape[0], w_shape[2], w_shape[3]
+    g.K = g.C * g.KH * g.KW
+    g.sh, g.sw = stride
+    g.ph, g.pw = pad
+    g.Hc, g.Wc = conv_size
+    g.PKH, g.PKW = pool_kernel
+    g.psh, g.psw = pool_stride
+    g.Hp, g.Wp = pool_size
+    g.wide = g.sh == 1 and g.sw == 1
+    g.row = g.W + 2 * g.pw if g.wide else g.Wc
+    g.plane = (g.H + 2 * g.ph) * g.row + g.KW - 1 if g.wide else 1
+    g.L = g.Hc * g.row
+    return g
+
+
+def conv2d_relu_maxpool2d_forward(x, w, b, stride=1, pad=0, pool_kernel=2, pool_stride=None,
+                                  *, threads=None, need_cache=True):
+    """maxpool2d(relu(conv2d(x, w, b, stride, pad)), pool_kernel, pool_stride) in one pass.
+
+    x (N, C, H, W), w (F, C, KH, KW), b (F,) -> out (N, F, Hp, Wp), where the
+    conv output is (N, F, H', W') as in conv2d_forward and Hp = (H' - PKH) //
+    pool_stride_h + 1 as in maxpool2d_forward (pool_stride None: the kernel).
+    Returns (out, cache); need_cache=False (inference) keeps no argmax and
+    returns cache None.
+    """
+    (x, w, b, stride, pad, conv_size, pool_kernel, pool_stride,
+     pool_size) = check_conv_relu_pool(x, w, b, stride, pad, pool_kernel, pool_stride)
+    cdef Geometry g = geometry(x.shape, w.shape, stride, pad, conv_size, pool_kernel,
+                               pool_stride, pool_size)
+    N, F, Q = x.shape[0], g.F, g.Hp * g.Wp
+    check_blas_sizes("conv2d", g.F, g.K, g.L)
+    filter_blocks, loop_threads = forward_split(threads, N, g.F, g.K * g.L)
+    keep_arg = bool(need_cache)
+    out = np.empty((N, F, Q), dtype=x.dtype)
+    # Inference keeps no argmax: each thread reuses one image's worth of scratch.
+    arg = np.empty(((N if keep_arg else loop_threads), F, Q), dtype=np.int64)
+    pad_work = np.empty((loop_threads, g.C * g.plane), dtype=x.dtype)
+    work = np.empty((loop_threads, g.K, g.L), dtype=x.dtype)
+    conv = np.empty((loop_threads, F, g.L), dtype=x.dtype)
+    w2 = w.reshape(F, g.K)
+    with blas_threads(1):
+        if x.dtype == np.float32:
+            forward_kernel[float](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
+                                  filter_blocks, loop_threads)
+        else:
+            forward_kernel[double](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
+                                   filter_blocks, loop_threads)
+    out = out.reshape(N, F, g.Hp, g.Wp)
+    if not keep_arg:
+        return out, None
+    return out, (x, w, b, stride, pad, pool_kernel, pool_stride, arg.reshape(out.shape))
+
+
+def conv2d_relu_maxpool2d_backward(dout, cache, *, threads=None, need_dx=True):
+    """Gradients of conv2d_relu_maxpool2d_forward: (dx, dw, db) shaped like (x, w, b);
+    dx is None when need_dx is False."""
+    if cache is None:
+        raise ValueError("no cache: the forward pass ran with need_cache=False (inference)")
+    x, w, b, stride, pad, pool_kernel, pool_stride, argmax = cache
+    # Re-validate the cached arrays: the kernels trust every shape they are given.
+    (x, w, b, stride, pad, conv_size, pool_kernel, pool_stride,
+     pool_size) = check_conv_relu_pool(x, w, b, stride, pad, pool_kernel, pool_stride)
+    cdef Geometry g = geometry(x.shape, w.shape, stride, pad, conv_size, pool_kernel,
+                               pool_stride, pool_size)
+    N, F = x.shape[0], g.F
+    argmax = check_argmax(argmax, (N, F, g.Hp, g.Wp))
+    dout = check_dout(dout, (N, F, g.Hp, g.Wp), x.dtype)
+    check_blas_sizes("conv2d", g.F, g.K, g.L)
+    loop_threads, gemm_threads = split_threads(threads, N)
+    need_dx = bool(need_dx)
+    dx = np.empty_like(x) if need_dx else np.empty((N, 1, 1, 1), dtype=x.dtype)
+    dw_parts = np.zeros((loop_threads, F, g.K), dtype=x.dtype)
+    db_parts = np.zeros((loop_threads, F), dtype=x.dtype)
+    pad_work = np.empty((loop_threads, g.C * g.plane), dtype=x.dtype)
+    work = np.empty((loop_threads, g.K, g.L), dtype=x.dtype)
+    dconv = np.empty((loop_threads, F, g.L), dtype=x.dtype)
+    dwork = np.empty((loop_threads, g.K, g.L) if need_dx else (loop_threads, 1, 1),
+                     dtype=x.dtype)
+    w2 = w.reshape(F, g.K)
+    d3 = dout.reshape(N, F, g.Hp * g.Wp)
+    a3 = argmax.reshape(N, F, g.Hp * g.Wp)
+    with blas_threads(gemm_threads):
+        if x.dtype == np.float32:
+            backward_kernel[float](x, w2, d3, a3, dx, dw_parts, db_parts, pad_work, work,
+                                   dconv, dwork, g, need_dx, loop_threads)
+        else:
+            backward_kernel[double](x, w2, d3, a3, dx, dw_parts, db_parts, pad_work, work,
+                                    dconv, dwork, g, need_dx, loop_threads)
+    dw = dw_parts.sum(axis=0) if loop_threads > 1 else dw_parts[0]
+    db = db_parts.sum(axis=0) if loop_threads > 1 else db_parts[0]
+    return (dx if need_dx else None), dw.reshape(w.shape), db

@@ -1,0 +1,164 @@
+# im2col / col2im for one NCHW image, shared by the modules that run
+# convolutions as GEMMs (included textually, like gemm.pxi).
+#
+# cols is (C*KH*KW, Hout*Wout): one row per filter tap in w's memory order
+# (c, kh, kw), one column per output pixel. Rows are filled a run of valid
+# pixels at a time, the padding as zeros, so no index is ever computed that
+# falls outside x.
+from libc.string cimport memcpy, memset
+from cython cimport floating
+
+
+cdef inline Py_ssize_t first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
+    """Smallest o >= 0 with o*stride + offset >= 0 (offset = k - pad)."""
+    if offset >= 0:
+        return 0
+    return (-offset + stride - 1) // stride
+
+
+cdef inline Py_ssize_t end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                                 Py_ssize_t out) noexcept nogil:
+    """One past the largest o < out with o*stride + offset < size."""
+    cdef Py_ssize_t last = size - 1 - offset
+    if last < 0:
+        return 0
+    last = last // stride + 1
+    return last if last < out else out
+
+
+cdef void im2col(const floating* x, floating* cols,
+                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                 Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
+    """cols (C*KH*KW, Hout*Wout) from one image x (C, H, W); padding reads as 0."""
+    cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi, oh_lo, oh_hi, iw0
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(C):
+        for kh in range(KH):
+            oh_lo = first_valid(kh - ph, sh)
+            oh_hi = end_valid(kh - ph, sh, H, Hout)
+            for kw in range(KW):
+                ow_lo = first_valid(kw - pw, sw)
+                ow_hi = end_valid(kw - pw, sw, W, Wout)
+                for oh in range(Hout):
+                    dst = cols + oh * Wout
+                    if oh < oh_lo or oh >= oh_hi or ow_lo >= ow_hi:
+                        memset(dst, 0, Wout * sizeof(floating))
+                        continue
+                    ih = oh * sh + kh - ph
+                    iw0 = kw - pw
+                    src = x + (c * H + ih) * W
+                    if ow_lo > 0:
+                        memset(dst, 0, ow_lo * sizeof(floating))
+                    if sw == 1:
+                        # Rows are short (a few dozen values): an inline loop the
+                        # compiler vectorises beats a memcpy call here.
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow] = src[ow + iw0]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow] = src[ow * sw + iw0]
+                    if ow_hi < Wout:
+                        memset(dst + ow_hi, 0, (Wout - ow_hi) * sizeof(floating))
+                cols += Hout * Wout
+
+
+cdef void col2im(const floating* cols, floating* x,
+                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                 Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
+    """Add cols (C*KH*KW, Hout*Wout) back into one image x (C, H, W), zeroed first.
+
+    The adjoint of im2col: overlapping windows accumulate, padding is dropped.
+    """
+    cdef Py_ssize_t c, kh, kw, oh, ow, ow_lo, ow_hi, oh_lo, oh_hi, iw0
+    cdef const floating* src
+    cdef floating* dst
+    memset(x, 0, C * H * W * sizeof(floating))
+    for c in range(C):
+        for kh in range(KH):
+            oh_lo = first_valid(kh - ph, sh)
+            oh_hi = end_valid(kh - ph, sh, H, Hout)
+            for kw in range(KW):
+                ow_lo = first_valid(kw - pw, sw)
+                ow_hi = end_valid(kw - pw, sw, W, Wout)
+                iw0 = kw - pw
+                for oh in range(oh_lo, oh_hi):
+                    src = cols + oh * Wout
+                    dst = x + (c * H + oh * sh + kh - ph) * W + iw0
+                    if sw == 1:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow] += src[ow]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow * sw] += src[ow]
+                cols += Hout * Wout
+
+
+# The "wide" layout, for stride 1: the image is first copied into a zero-padded
+# buffer whose channel planes are (H + 2*ph, Wp = W + 2*pw) plus KW - 1 spare
+# values ("plane" values each). The convolution is then computed for every
+# column of the padded width: output row oh holds Wp values, of which the first
+# Wout = Wp - KW + 1 are the real outputs and the last KW - 1 are junk that no
+# caller reads. What that buys: cols row (c, kh, kw) is one contiguous run of
+# the padded plane, starting at kh*Wp + kw, Hout*Wp values long, so im2col is
+# C*KH*KW memcpy calls instead of C*KH*KW*Hout short row copies with edge
+# tests, and col2im is as many long vector adds. (convnet's second layer:
+# im2col went from ~31 us to ~XX us per image.) The junk columns cost
+# (KW-1)/Wout more GEMM work (14% there).
+# The junk outputs of row oh read into row oh+1 of the padded plane, and those
+# of the last row into the spare values, which is why a plane has KW - 1 of
+# them: every read stays inside the buffer.
+
+cdef void pad_image(const floating* x, floating* xp, Py_ssize_t C, Py_ssize_t H,
+                    Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wp,
+                    Py_ssize_t plane) noexcept nogil:
+    """xp (C, plane) = x (C, H, W) zero-padded by ph rows and pw columns each side."""
+    cdef Py_ssize_t c, i
+    memset(xp, 0, C * plane * sizeof(floating))
+    for c in range(C):
+        for i in range(H):
+            memcpy(xp + c * plane + (i + ph) * Wp + pw, x + (c * H + i) * W,
+                   W * sizeof(floating))
+
+
+cdef void unpad_image(const floating* xp, floating* x, Py_ssize_t C, Py_ssize_t H,
+                      Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wp,
+                      Py_ssize_t plane) noexcept nogil:
+    """x (C, H, W) = the interior of a padded xp (C, plane): pad_image's adjoint,
+    which drops what landed on the padding."""
+    cdef Py_ssize_t c, i
+    for c in range(C):
+        for i in range(H):
+            memcpy(x + (c * H + i) * W, xp + c * plane + (i + ph) * Wp + pw,
+                   W * sizeof(floating))
+
+
+cdef void im2col_wide(const floating* xp, floating* cols, Py_ssize_t C, Py_ssize_t plane,
+                      Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
+                      Py_ssize_t Hout) noexcept nogil:
+    """cols (C*KH*KW, Hout*Wp) from a padded image xp (C, plane), stride 1."""
+    cdef Py_ssize_t c, kh, kw, L = Hout * Wp
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                memcpy(cols, xp + c * plane + kh * Wp + kw, L * sizeof(floating))
+                cols += L
+
+
+cdef void col2im_wide(const floating* cols, floating* xp, Py_ssize_t C, Py_ssize_t plane,
+                      Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
+                      Py_ssize_t Hout) noexcept nogil:
+    """Add cols (C*KH*KW, Hout*Wp) into a padded image xp (C, plane), zeroed first:
+    im2col_wide's adjoint. Junk columns must hold zeros (their dout was zero)."""
+    cdef Py_ssize_t c, kh, kw, i, L = Hout * Wp
+    cdef floating* dst
+    memset(xp, 0, C * plane * sizeof(floating))
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                dst = xp + c * plane + kh * Wp + kw
+                for i in range(L):
+                    dst[i] += cols[i]
+                cols += L
