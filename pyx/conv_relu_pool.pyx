@@ -66,6 +66,38 @@ cdef void relu_maxpool_plane(const floating* c, floating* out, int64_t* arg, Py_
         out[q] = 0 if v < 0 else v              # relu: a NaN stays a NaN
 
 
+cdef bint relu_maxpool_plane_values(const floating* c, floating* out, Py_ssize_t Wc,
+                                    Py_ssize_t Hp, Py_ssize_t Wp) noexcept nogil:
+    """Inference's 2x2, stride-2 case: out (Hp, Wp) = relu(window max), no argmax.
+    The max runs in window order with later values winning ties, as the
+    argmax version; returns True if the plane holds a NaN, which the caller
+    then redoes with the exact rule."""
+    cdef Py_ssize_t i, j
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef floating* o
+    cdef floating best, v
+    cdef int nan = 0
+    for i in range(Hp):
+        r0 = c + 2 * i * Wc
+        r1 = r0 + Wc
+        o = out + i * Wp
+        for j in range(Wp):
+            best = r0[2 * j]
+            nan = nan | (best != best)
+            v = r0[2 * j + 1]
+            nan = nan | (v != v)
+            best = best if best > v else v
+            v = r1[2 * j]
+            nan = nan | (v != v)
+            best = best if best > v else v
+            v = r1[2 * j + 1]
+            nan = nan | (v != v)
+            best = best if best > v else v
+            o[j] = 0 if best < 0 else best
+    return nan
+
+
 cdef struct Geometry:
     # conv
     Py_ssize_t C, H, W, F, K, KH, KW, sh, sw, ph, pw, Hc, Wc
@@ -117,6 +149,10 @@ cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] 
                       &w2[f0, 0], <int>g.K, cols, <int>L, <floating>1.0, c, <int>L)
         a = tid if arg_per_thread else n
         for f in range(f1 - f0):
+            if (arg_per_thread and g.PKH == 2 and g.PKW == 2 and g.psh == 2 and g.psw == 2
+                    and not relu_maxpool_plane_values(c + f * L, &out[n, f0 + f, 0], g.row,
+                                                      g.Hp, g.Wp)):
+                continue   # inference, done without an argmax
             relu_maxpool_plane(c + f * L, &out[n, f0 + f, 0], &arg[a, f0 + f, 0],
                                g.row, g.PKH, g.PKW, g.psh, g.psw, g.Hp, g.Wp)
 

@@ -105,7 +105,7 @@ cdef void col2im(const floating* cols, floating* x,
 # the padded plane, starting at kh*Wp + kw, Hout*Wp values long, so im2col is
 # C*KH*KW memcpy calls instead of C*KH*KW*Hout short row copies with edge
 # tests, and col2im is as many long vector adds. (convnet's second layer:
-# im2col went from ~31 us to ~XX us per image.) The junk columns cost
+# im2col went from ~31 us to ~10 us per image.) The junk columns cost
 # (KW-1)/Wout more GEMM work (14% there).
 # The junk outputs of row oh read into row oh+1 of the padded plane, and those
 # of the last row into the spare values, which is why a plane has KW - 1 of

@@ -136,6 +136,9 @@ def test_ties_and_nan_follow_the_unfused_rules(dtype):
     want, ref_cache = ref.conv2d_relu_maxpool2d_forward(x, w, b)
     np.testing.assert_array_equal(out, want)
     assert np.isnan(out[0, 0, 0, 1]) and out[0, 0, 0, 0] == 3
+    # Inference's argmax-free 2x2 path hands a plane with a NaN to the exact rule.
+    lean, _ = ops.conv2d_relu_maxpool2d_forward(x, w, b, need_cache=False)
+    np.testing.assert_array_equal(lean, want)
     dout = np.arange(1, 5, dtype=dtype).reshape(1, 1, 2, 2)
     dx, dw, db = ops.conv2d_relu_maxpool2d_backward(dout, cache)
     rdx, rdw, rdb = ref.conv2d_relu_maxpool2d_backward(dout, ref_cache)
