@@ -18,13 +18,20 @@ rebuild costs little next to the GEMMs and lands in the thread's L2, while the
 cache would hold K*N*P values per layer (14 MB for a 64-image batch of convnet's
 second layer).
 
-BLAS threads: while the images are split over OpenMP threads, each GEMM runs
-single-threaded (threadpoolctl limits SciPy's OpenBLAS), so one pool of threads
+Stride 1 uses im2col.pxi's wide layout: cols come from a zero-padded copy of
+the image in C*KH*KW long memcpy calls, and the GEMM computes every column of
+the padded width, the few junk columns being dropped when out is copied from
+the thread's wide buffer (and zero in the wide copy of dout on the way back).
+
+BLAS threads: each GEMM runs single-threaded (threadpoolctl finds SciPy's
+OpenBLAS, cnn._blas_threads sets its thread count), so one pool of threads
 does all the work. The alternative, one batch-wide GEMM on OpenBLAS's threads
 between parallel im2col/col2im passes, measured 55-70 GFLOP/s against ~100 for
 this design on 2 cores: OpenBLAS's workers busy-wait after each call and take
 cores from the OpenMP threads that come next. With fewer images than threads
-(a batch of one) the loop runs serially and BLAS gets the threads instead.
+(a batch of one at inference) the forward pass cuts each image's filters into
+blocks, one GEMM per thread; backward then runs the images serially and lets
+BLAS have the threads.
 """
 import numpy as np
 
@@ -34,22 +41,19 @@ from cnn._checks import check_blas_sizes, check_conv2d, check_dout
 from cnn._blas_threads import blas_threads, forward_split, split_threads
 
 include "gemm.pxi"
-
-
 include "im2col.pxi"
 
 
 cdef void conv2d_forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
                                 const floating[::1] b, floating[:, :, ::1] out,
-                                floating[:, :, ::1] work, Py_ssize_t KH, Py_ssize_t KW,
-                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                                Py_ssize_t Hout, Py_ssize_t Wout, Py_ssize_t filter_blocks,
-                                int loop_threads) noexcept nogil:
+                                floating[:, ::1] pad_work, floating[:, :, ::1] work,
+                                floating[:, :, ::1] wide_out, ConvGeometry g,
+                                Py_ssize_t filter_blocks, int loop_threads) noexcept nogil:
     """out (N, F, P) = w2 (F, K) @ im2col(x[n]) + b, one (image, filter block) per
-    iteration."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = w2.shape[0], K = w2.shape[1], P = Hout * Wout
-    cdef Py_ssize_t item, n, f, f0, f1, p
+    iteration. In the wide layout the GEMM writes the thread's wide_out (F, L),
+    whose real columns are then copied out."""
+    cdef Py_ssize_t N = x.shape[0], F = g.F, K = g.K, L = g.L, Hc = g.Hc, Wc = g.Wc
+    cdef Py_ssize_t item, n, f, f0, f1, p, oh
     cdef int tid
     cdef floating* cols
     cdef floating* o
@@ -59,49 +63,62 @@ cdef void conv2d_forward_kernel(const floating[:, :, :, ::1] x, const floating[:
         f0 = (item % filter_blocks) * F // filter_blocks
         f1 = (item % filter_blocks + 1) * F // filter_blocks
         cols = &work[tid, 0, 0]
-        im2col(&x[n, 0, 0, 0], cols, C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
-        o = &out[n, f0, 0]
+        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
+        o = &wide_out[tid, 0, 0] if g.wide else &out[n, f0, 0]
         for f in range(f1 - f0):
-            for p in range(P):
-                o[f * P + p] = b[f0 + f]
-        gemm_rowmajor(False, False, <int>(f1 - f0), <int>P, <int>K, <floating>1.0,
-                      &w2[f0, 0], <int>K, cols, <int>P, <floating>1.0, o, <int>P)
+            for p in range(L):
+                o[f * L + p] = b[f0 + f]
+        gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>K, <floating>1.0,
+                      &w2[f0, 0], <int>K, cols, <int>L, <floating>1.0, o, <int>L)
+        if g.wide:
+            for f in range(f1 - f0):
+                for oh in range(Hc):
+                    memcpy(&out[n, f0 + f, oh * Wc], o + f * L + oh * g.row,
+                           Wc * sizeof(floating))
 
 
 cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
                                  const floating[:, :, ::1] dout, floating[:, :, :, ::1] dx,
                                  floating[:, :, ::1] dw_parts, floating[:, ::1] db_parts,
-                                 floating[:, :, ::1] work, floating[:, :, ::1] dwork,
-                                 Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
-                                 Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Hout, Py_ssize_t Wout,
-                                 bint need_dx, int loop_threads) noexcept nogil:
+                                 floating[:, ::1] pad_work, floating[:, :, ::1] work,
+                                 floating[:, :, ::1] wide_dout, floating[:, :, ::1] dwork,
+                                 ConvGeometry g, bint need_dx, int loop_threads) noexcept nogil:
     """dx[n] = col2im(w2.T @ dout[n]) when need_dx; thread t adds its images' dw, db
-    into part t."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = w2.shape[0], K = w2.shape[1], P = Hout * Wout
-    cdef Py_ssize_t n, f, p
+    into part t. In the wide layout dout[n] is first spread into the thread's
+    wide_dout (F, L) with zeros in the junk columns."""
+    cdef Py_ssize_t N = x.shape[0], F = g.F, K = g.K, L = g.L, Hc = g.Hc, Wc = g.Wc
+    cdef Py_ssize_t n, f, p, oh
     cdef int tid
     cdef floating* cols
     cdef floating* dcols
     cdef const floating* d
+    cdef floating* dw
     cdef floating acc
     for n in prange(N, num_threads=loop_threads, schedule="static"):
         tid = threadid()
         cols = &work[tid, 0, 0]
         dcols = &dwork[tid, 0, 0]
         d = &dout[n, 0, 0]
-        im2col(&x[n, 0, 0, 0], cols, C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
-        gemm_rowmajor(False, True, <int>F, <int>K, <int>P, <floating>1.0, d, <int>P,
-                      cols, <int>P, <floating>1.0, &dw_parts[tid, 0, 0], <int>K)
         for f in range(F):
             acc = 0
-            for p in range(P):
-                acc = acc + d[f * P + p]
+            for p in range(Hc * Wc):
+                acc = acc + d[f * Hc * Wc + p]
             db_parts[tid, f] += acc
+        if g.wide:
+            dw = &wide_dout[tid, 0, 0]
+            memset(dw, 0, F * L * sizeof(floating))
+            for f in range(F):
+                for oh in range(Hc):
+                    memcpy(dw + f * L + oh * g.row, d + (f * Hc + oh) * Wc,
+                           Wc * sizeof(floating))
+            d = dw
+        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
+        gemm_rowmajor(False, True, <int>F, <int>K, <int>L, <floating>1.0, d, <int>L,
+                      cols, <int>L, <floating>1.0, &dw_parts[tid, 0, 0], <int>K)
         if need_dx:
-            gemm_rowmajor(True, False, <int>K, <int>P, <int>F, <floating>1.0, &w2[0, 0],
-                          <int>K, d, <int>P, <floating>0.0, dcols, <int>P)
-            col2im(dcols, &dx[n, 0, 0, 0], C, H, W, KH, KW, sh, sw, ph, pw, Hout, Wout)
+            gemm_rowmajor(True, False, <int>K, <int>L, <int>F, <floating>1.0, &w2[0, 0],
+                          <int>K, d, <int>L, <floating>0.0, dcols, <int>L)
+            image_col2im(dcols, &pad_work[tid, 0], &dx[n, 0, 0, 0], &g)
 
 
 def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
@@ -111,25 +128,24 @@ def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):
     (vertical, horizontal) pair. Returns out (N, F, H', W') with
     H' = (H + 2*pad_h - KH) // stride_h + 1, and a cache for conv2d_backward.
     """
-    x, w, b, stride, pad, (Hout, Wout) = check_conv2d(x, w, b, stride, pad)
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
-    K, P = C * KH * KW, Hout * Wout
-    check_blas_sizes("conv2d", F, K, P)
-    filter_blocks, loop_threads = forward_split(threads, N, F, K * P)
-    out = np.empty((N, F, P), dtype=x.dtype)
-    work = np.empty((loop_threads, K, P), dtype=x.dtype)
-    w2 = w.reshape(F, K)
+    x, w, b, stride, pad, conv_size = check_conv2d(x, w, b, stride, pad)
+    cdef ConvGeometry g = conv_geometry(x.shape, w.shape, stride, pad, conv_size)
+    N, F = x.shape[0], g.F
+    check_blas_sizes("conv2d", g.F, g.K, g.L)
+    filter_blocks, loop_threads = forward_split(threads, N, g.F, g.K * g.L)
+    out = np.empty((N, F, g.Hc * g.Wc), dtype=x.dtype)
+    pad_work = np.empty((loop_threads, g.C * g.plane), dtype=x.dtype)
+    work = np.empty((loop_threads, g.K, g.L), dtype=x.dtype)
+    wide_out = np.empty((loop_threads, F, g.L) if g.wide else (1, 1, 1), dtype=x.dtype)
+    w2 = w.reshape(F, g.K)
     with blas_threads(1):
         if x.dtype == np.float32:
-            conv2d_forward_kernel[float](x, w2, b, out, work, KH, KW, stride[0], stride[1],
-                                         pad[0], pad[1], Hout, Wout, filter_blocks,
-                                         loop_threads)
+            conv2d_forward_kernel[float](x, w2, b, out, pad_work, work, wide_out, g,
+                                         filter_blocks, loop_threads)
         else:
-            conv2d_forward_kernel[double](x, w2, b, out, work, KH, KW, stride[0], stride[1],
-                                          pad[0], pad[1], Hout, Wout, filter_blocks,
-                                          loop_threads)
-    return out.reshape(N, F, Hout, Wout), (x, w, b, stride, pad)
+            conv2d_forward_kernel[double](x, w2, b, out, pad_work, work, wide_out, g,
+                                          filter_blocks, loop_threads)
+    return out.reshape(N, F, g.Hc, g.Wc), (x, w, b, stride, pad)
 
 
 def conv2d_backward(dout, cache, *, threads=None, need_dx=True):
@@ -140,31 +156,31 @@ def conv2d_backward(dout, cache, *, threads=None, need_dx=True):
     """
     x, w, b, stride, pad = cache
     # Re-validate the cached arrays: the kernels trust every shape they are given.
-    x, w, b, stride, pad, (Hout, Wout) = check_conv2d(x, w, b, stride, pad)
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
-    dout = check_dout(dout, (N, F, Hout, Wout), x.dtype)
-    K, P = C * KH * KW, Hout * Wout
-    check_blas_sizes("conv2d", F, K, P)
+    x, w, b, stride, pad, conv_size = check_conv2d(x, w, b, stride, pad)
+    cdef ConvGeometry g = conv_geometry(x.shape, w.shape, stride, pad, conv_size)
+    N, F = x.shape[0], g.F
+    dout = check_dout(dout, (N, F, g.Hc, g.Wc), x.dtype)
+    check_blas_sizes("conv2d", g.F, g.K, g.L)
     loop_threads, gemm_threads = split_threads(threads, N)
     need_dx = bool(need_dx)
     # Without dx, placeholders of one element per image/thread: never indexed.
     dx = np.empty_like(x) if need_dx else np.empty((N, 1, 1, 1), dtype=x.dtype)
-    dw_parts = np.zeros((loop_threads, F, K), dtype=x.dtype)
+    dw_parts = np.zeros((loop_threads, F, g.K), dtype=x.dtype)
     db_parts = np.zeros((loop_threads, F), dtype=x.dtype)
-    work = np.empty((loop_threads, K, P), dtype=x.dtype)
-    dwork = np.empty((loop_threads, K, P) if need_dx else (loop_threads, 1, 1), dtype=x.dtype)
-    w2 = w.reshape(F, K)
-    d3 = dout.reshape(N, F, P)
+    pad_work = np.empty((loop_threads, g.C * g.plane), dtype=x.dtype)
+    work = np.empty((loop_threads, g.K, g.L), dtype=x.dtype)
+    wide_dout = np.empty((loop_threads, F, g.L) if g.wide else (1, 1, 1), dtype=x.dtype)
+    dwork = np.empty((loop_threads, g.K, g.L) if need_dx else (loop_threads, 1, 1),
+                     dtype=x.dtype)
+    w2 = w.reshape(F, g.K)
+    d3 = dout.reshape(N, F, g.Hc * g.Wc)
     with blas_threads(gemm_threads):
         if x.dtype == np.float32:
-            conv2d_backward_kernel[float](x, w2, d3, dx, dw_parts, db_parts, work, dwork,
-                                          KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                          Hout, Wout, need_dx, loop_threads)
+            conv2d_backward_kernel[float](x, w2, d3, dx, dw_parts, db_parts, pad_work, work,
+                                          wide_dout, dwork, g, need_dx, loop_threads)
         else:
-            conv2d_backward_kernel[double](x, w2, d3, dx, dw_parts, db_parts, work, dwork,
-                                           KH, KW, stride[0], stride[1], pad[0], pad[1],
-                                           Hout, Wout, need_dx, loop_threads)
+            conv2d_backward_kernel[double](x, w2, d3, dx, dw_parts, db_parts, pad_work, work,
+                                           wide_dout, dwork, g, need_dx, loop_threads)
     dw = dw_parts.sum(axis=0) if loop_threads > 1 else dw_parts[0]
     db = db_parts.sum(axis=0) if loop_threads > 1 else db_parts[0]
     return (dx if need_dx else None), dw.reshape(w.shape), db

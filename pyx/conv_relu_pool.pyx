@@ -99,26 +99,8 @@ cdef bint relu_maxpool_plane_values(const floating* c, floating* out, Py_ssize_t
 
 
 cdef struct Geometry:
-    # conv
-    Py_ssize_t C, H, W, F, K, KH, KW, sh, sw, ph, pw, Hc, Wc
-    # the conv output plane as the kernels hold it: rows of ``row`` values
-    # (Wc, or the padded width Wp in the wide layout), L = Hc * row in all
-    Py_ssize_t row, L
-    # wide layout (stride 1): padded planes of ``plane`` values
-    bint wide
-    Py_ssize_t plane
-    # pooling
+    ConvGeometry conv      # see im2col.pxi
     Py_ssize_t PKH, PKW, psh, psw, Hp, Wp
-
-
-cdef inline void image_cols(const floating* x, floating* xp, floating* cols,
-                            Geometry* g) noexcept nogil:
-    """cols (K, L) of one image; xp is the wide layout's padded-image scratch."""
-    if g.wide:
-        pad_image(x, xp, g.C, g.H, g.W, g.ph, g.pw, g.row, g.plane)
-        im2col_wide(xp, cols, g.C, g.plane, g.row, g.KH, g.KW, g.Hc)
-    else:
-        im2col(x, cols, g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.Hc, g.Wc)
 
 
 cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
@@ -129,7 +111,7 @@ cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] 
     """out (N, F, Hp*Wp) = maxpool(relu(w2 @ im2col(x[n]) + b)), one (image, filter
     block) per iteration. arg is (N, F, Hp*Wp), or with arg_per_thread (inference:
     nothing is kept) a (threads, F, Hp*Wp) scratch."""
-    cdef Py_ssize_t N = x.shape[0], F = g.F, L = g.L
+    cdef Py_ssize_t N = x.shape[0], F = g.conv.F, L = g.conv.L
     cdef Py_ssize_t item, n, f, f0, f1, p, a
     cdef int tid
     cdef floating* cols
@@ -141,20 +123,20 @@ cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] 
         f1 = (item % filter_blocks + 1) * F // filter_blocks
         cols = &work[tid, 0, 0]
         c = &conv[tid, 0, 0]
-        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
+        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g.conv)
         for f in range(f1 - f0):
             for p in range(L):
                 c[f * L + p] = b[f0 + f]
-        gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>g.K, <floating>1.0,
-                      &w2[f0, 0], <int>g.K, cols, <int>L, <floating>1.0, c, <int>L)
+        gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>g.conv.K, <floating>1.0,
+                      &w2[f0, 0], <int>g.conv.K, cols, <int>L, <floating>1.0, c, <int>L)
         a = tid if arg_per_thread else n
         for f in range(f1 - f0):
             if (arg_per_thread and g.PKH == 2 and g.PKW == 2 and g.psh == 2 and g.psw == 2
-                    and not relu_maxpool_plane_values(c + f * L, &out[n, f0 + f, 0], g.row,
+                    and not relu_maxpool_plane_values(c + f * L, &out[n, f0 + f, 0], g.conv.row,
                                                       g.Hp, g.Wp)):
                 continue   # inference, done without an argmax
             relu_maxpool_plane(c + f * L, &out[n, f0 + f, 0], &arg[a, f0 + f, 0],
-                               g.row, g.PKH, g.PKW, g.psh, g.psw, g.Hp, g.Wp)
+                               g.conv.row, g.PKH, g.PKW, g.psh, g.psw, g.Hp, g.Wp)
 
 
 cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
@@ -166,7 +148,7 @@ cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1]
                           int loop_threads) noexcept nogil:
     """Scatter dout[n] through arg into dconv (F, L), then conv2d's backward for image n;
     thread t adds its images' dw, db into part t."""
-    cdef Py_ssize_t N = x.shape[0], F = g.F, K = g.K, L = g.L
+    cdef Py_ssize_t N = x.shape[0], F = g.conv.F, K = g.conv.K, L = g.conv.L
     cdef Py_ssize_t Q = dout.shape[2]
     cdef Py_ssize_t n, f, q, a
     cdef int tid
@@ -188,37 +170,22 @@ cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1]
                     dconv[f * L + a] += dout[n, f, q]
                     acc = acc + dout[n, f, q]
             db_parts[tid, f] += acc
-        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
+        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g.conv)
         gemm_rowmajor(False, True, <int>F, <int>K, <int>L, <floating>1.0, dconv, <int>L,
                       cols, <int>L, <floating>1.0, &dw_parts[tid, 0, 0], <int>K)
         if need_dx:
             gemm_rowmajor(True, False, <int>K, <int>L, <int>F, <floating>1.0, &w2[0, 0],
                           <int>K, dconv, <int>L, <floating>0.0, dcols, <int>L)
-            if g.wide:
-                col2im_wide(dcols, &pad_work[tid, 0], g.C, g.plane, g.row, g.KH, g.KW, g.Hc)
-                unpad_image(&pad_work[tid, 0], &dx[n, 0, 0, 0], g.C, g.H, g.W, g.ph, g.pw,
-                            g.row, g.plane)
-            else:
-                col2im(dcols, &dx[n, 0, 0, 0], g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph,
-                       g.pw, g.Hc, g.Wc)
+            image_col2im(dcols, &pad_work[tid, 0], &dx[n, 0, 0, 0], &g.conv)
 
 
 cdef Geometry geometry(tuple x_shape, tuple w_shape, stride, pad, conv_size, pool_kernel,
                        pool_stride, pool_size):
     cdef Geometry g
-    g.C, g.H, g.W = x_shape[1], x_shape[2], x_shape[3]
-    g.F, g.KH, g.KW = w_shape[0], w_shape[2], w_shape[3]
-    g.K = g.C * g.KH * g.KW
-    g.sh, g.sw = stride
-    g.ph, g.pw = pad
-    g.Hc, g.Wc = conv_size
+    g.conv = conv_geometry(x_shape, w_shape, stride, pad, conv_size)
     g.PKH, g.PKW = pool_kernel
     g.psh, g.psw = pool_stride
     g.Hp, g.Wp = pool_size
-    g.wide = g.sh == 1 and g.sw == 1
-    g.row = g.W + 2 * g.pw if g.wide else g.Wc
-    g.plane = (g.H + 2 * g.ph) * g.row + g.KW - 1 if g.wide else 1
-    g.L = g.Hc * g.row
     return g
 
 
@@ -236,17 +203,17 @@ def conv2d_relu_maxpool2d_forward(x, w, b, stride=1, pad=0, pool_kernel=2, pool_
      pool_size) = check_conv_relu_pool(x, w, b, stride, pad, pool_kernel, pool_stride)
     cdef Geometry g = geometry(x.shape, w.shape, stride, pad, conv_size, pool_kernel,
                                pool_stride, pool_size)
-    N, F, Q = x.shape[0], g.F, g.Hp * g.Wp
-    check_blas_sizes("conv2d", g.F, g.K, g.L)
-    filter_blocks, loop_threads = forward_split(threads, N, g.F, g.K * g.L)
+    N, F, Q = x.shape[0], g.conv.F, g.Hp * g.Wp
+    check_blas_sizes("conv2d", g.conv.F, g.conv.K, g.conv.L)
+    filter_blocks, loop_threads = forward_split(threads, N, g.conv.F, g.conv.K * g.conv.L)
     keep_arg = bool(need_cache)
     out = np.empty((N, F, Q), dtype=x.dtype)
     # Inference keeps no argmax: each thread reuses one image's worth of scratch.
     arg = np.empty(((N if keep_arg else loop_threads), F, Q), dtype=np.int64)
-    pad_work = np.empty((loop_threads, g.C * g.plane), dtype=x.dtype)
-    work = np.empty((loop_threads, g.K, g.L), dtype=x.dtype)
-    conv = np.empty((loop_threads, F, g.L), dtype=x.dtype)
-    w2 = w.reshape(F, g.K)
+    pad_work = np.empty((loop_threads, g.conv.C * g.conv.plane), dtype=x.dtype)
+    work = np.empty((loop_threads, g.conv.K, g.conv.L), dtype=x.dtype)
+    conv = np.empty((loop_threads, F, g.conv.L), dtype=x.dtype)
+    w2 = w.reshape(F, g.conv.K)
     with blas_threads(1):
         if x.dtype == np.float32:
             forward_kernel[float](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
@@ -271,21 +238,21 @@ def conv2d_relu_maxpool2d_backward(dout, cache, *, threads=None, need_dx=True):
      pool_size) = check_conv_relu_pool(x, w, b, stride, pad, pool_kernel, pool_stride)
     cdef Geometry g = geometry(x.shape, w.shape, stride, pad, conv_size, pool_kernel,
                                pool_stride, pool_size)
-    N, F = x.shape[0], g.F
+    N, F = x.shape[0], g.conv.F
     argmax = check_argmax(argmax, (N, F, g.Hp, g.Wp))
     dout = check_dout(dout, (N, F, g.Hp, g.Wp), x.dtype)
-    check_blas_sizes("conv2d", g.F, g.K, g.L)
+    check_blas_sizes("conv2d", g.conv.F, g.conv.K, g.conv.L)
     loop_threads, gemm_threads = split_threads(threads, N)
     need_dx = bool(need_dx)
     dx = np.empty_like(x) if need_dx else np.empty((N, 1, 1, 1), dtype=x.dtype)
-    dw_parts = np.zeros((loop_threads, F, g.K), dtype=x.dtype)
+    dw_parts = np.zeros((loop_threads, F, g.conv.K), dtype=x.dtype)
     db_parts = np.zeros((loop_threads, F), dtype=x.dtype)
-    pad_work = np.empty((loop_threads, g.C * g.plane), dtype=x.dtype)
-    work = np.empty((loop_threads, g.K, g.L), dtype=x.dtype)
-    dconv = np.empty((loop_threads, F, g.L), dtype=x.dtype)
-    dwork = np.empty((loop_threads, g.K, g.L) if need_dx else (loop_threads, 1, 1),
+    pad_work = np.empty((loop_threads, g.conv.C * g.conv.plane), dtype=x.dtype)
+    work = np.empty((loop_threads, g.conv.K, g.conv.L), dtype=x.dtype)
+    dconv = np.empty((loop_threads, F, g.conv.L), dtype=x.dtype)
+    dwork = np.empty((loop_threads, g.conv.K, g.conv.L) if need_dx else (loop_threads, 1, 1),
                      dtype=x.dtype)
-    w2 = w.reshape(F, g.K)
+    w2 = w.reshape(F, g.conv.K)
     d3 = dout.reshape(N, F, g.Hp * g.Wp)
     a3 = argmax.reshape(N, F, g.Hp * g.Wp)
     with blas_threads(gemm_threads):

@@ -162,3 +162,50 @@ cdef void col2im_wide(const floating* cols, floating* xp, Py_ssize_t C, Py_ssize
                 for i in range(L):
                     dst[i] += cols[i]
                 cols += L
+
+
+cdef struct ConvGeometry:
+    # x (C, H, W) per image, w (F, C, KH, KW), K = C*KH*KW; conv output (Hc, Wc)
+    Py_ssize_t C, H, W, F, K, KH, KW, sh, sw, ph, pw, Hc, Wc
+    # How the kernels hold an image's conv output and its cols: rows of ``row``
+    # values (Wc, or the padded width in the wide layout), L = Hc * row per plane
+    Py_ssize_t row, L
+    # the wide layout (stride 1) and its padded planes of ``plane`` values
+    bint wide
+    Py_ssize_t plane
+
+
+cdef inline ConvGeometry conv_geometry(tuple x_shape, tuple w_shape, stride, pad,
+                                       conv_size):
+    cdef ConvGeometry g
+    g.C, g.H, g.W = x_shape[1], x_shape[2], x_shape[3]
+    g.F, g.KH, g.KW = w_shape[0], w_shape[2], w_shape[3]
+    g.K = g.C * g.KH * g.KW
+    g.sh, g.sw = stride
+    g.ph, g.pw = pad
+    g.Hc, g.Wc = conv_size
+    g.wide = g.sh == 1 and g.sw == 1
+    g.row = g.W + 2 * g.pw if g.wide else g.Wc
+    g.plane = (g.H + 2 * g.ph) * g.row + g.KW - 1 if g.wide else 1
+    g.L = g.Hc * g.row
+    return g
+
+
+cdef inline void image_cols(const floating* x, floating* xp, floating* cols,
+                            ConvGeometry* g) noexcept nogil:
+    """cols (K, L) of one image x (C, H, W); xp is the wide layout's padded scratch."""
+    if g.wide:
+        pad_image(x, xp, g.C, g.H, g.W, g.ph, g.pw, g.row, g.plane)
+        im2col_wide(xp, cols, g.C, g.plane, g.row, g.KH, g.KW, g.Hc)
+    else:
+        im2col(x, cols, g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.Hc, g.Wc)
+
+
+cdef inline void image_col2im(const floating* dcols, floating* xp, floating* dx,
+                              ConvGeometry* g) noexcept nogil:
+    """dx (C, H, W) of one image from its dcols (K, L): image_cols's adjoint."""
+    if g.wide:
+        col2im_wide(dcols, xp, g.C, g.plane, g.row, g.KH, g.KW, g.Hc)
+        unpad_image(xp, dx, g.C, g.H, g.W, g.ph, g.pw, g.row, g.plane)
+    else:
+        col2im(dcols, dx, g.C, g.H, g.W, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.Hc, g.Wc)
