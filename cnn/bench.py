@@ -697,7 +697,7 @@ def rows_infer(arch, threads, repeat, min_time, have_torch, have_ort, batch=True
     for b in batches:
         x = rng.standard_normal((b, 1, 28, 28)).astype(np.float32)
         ours[b] = median_ms(lambda: model.forward(x, training=False, need_cache=False),
-                              repeat, min_time)
+                            repeat, min_time)
     theirs = {b: {"torch": None, "torch-cl": None, "onnxrt": None} for b in batches}
     export = None
     if have_torch or have_ort:
