@@ -2,23 +2,58 @@
 
     python benchmarks/serve.py [--model PATH] [--requests 200] [--seconds 20]
                                [--batches 1,64] [--concurrency 1,8] [--workers N]
+                               [--format png|npy|png,npy] [--json]
 
 Starts ``gunicorn -c gunicorn.conf.py 'service:create_app()'`` on 127.0.0.1 (a
 free port; nothing leaves the machine) serving one model: ``--model``, else
 ``models/convnet.npz`` when present, else a quick one trained into a temporary
-folder (1 epoch on 5,000 images, ~10 s). Then, for every batch size and
-concurrency, client threads with one keep-alive ``http.client`` connection each
-POST multipart batches of real Fashion-MNIST test PNGs to ``/predict`` until
-``--requests`` requests are done or ``--seconds`` have passed (after a few
-warm-up requests), and it prints one table row per run: requests/s, images/s,
-p50/p99 latency and the count of non-2xx answers (must be 0). The answers of
-the first request of every batch size are checked against ``model.predict``.
+folder (1 epoch on 5,000 images, ~10 s). Then, for every input format, batch
+size and concurrency, client threads with one keep-alive ``http.client``
+connection each POST the same batch of real Fashion-MNIST test images to
+``/predict`` until ``--requests`` requests are done or ``--seconds`` have passed
+(after a few warm-up requests), and it prints one table row per run:
+requests/s, images/s, p50/p99 latency and the count of non-2xx answers (must
+be 0). The answers of the first request of every format and batch size are
+checked against ``model.predict``.
+
+Formats (``--format``, comma-separated to run several; default png):
+
+* ``png``: a multipart/form-data body of one PNG file per image (what a browser
+  or ``curl -F`` sends); the server decodes every PNG.
+* ``npy``: one ``application/x-npy`` body, the uint8 (N, 28, 28) batch written
+  by ``np.save`` (what a program sends); nothing to decode.
+
+The client is kept cheap because it shares the cores with the server: every
+request body is built once before the runs, the threads only send it and read
+the answer (the answer is parsed only for the first, checked request), and no
+per-request work is done beyond timing. On a 2-core machine, note that every
+client thread competes with the two workers for CPU (little: the client
+costs a few us per image, the server hundreds). gunicorn keeps each kept-alive
+connection on the worker that accepted it, so the benchmark waits until every
+worker has loaded the model, and re-opens the connections when the warm-up
+requests show that some worker got none (with 2 threads and 2 workers, half
+the time); the "per worker" column shows how the timed requests were shared.
 
 For comparison it prints the in-process ``model.predict`` images/s on the same
-batch (no HTTP, no PNG decoding), once with one kernel thread (what one worker
-gets on 2 cores) and once with all cores. The server is stopped at the end,
-also on errors and Ctrl-C. Run it on a quiet machine: client and server share
-the cores.
+batch (no HTTP, no decoding), once with one kernel thread (what one worker gets
+on 2 cores) and once with all cores. The server is stopped at the end, also on
+errors and Ctrl-C. Run it on a quiet machine: client and server share the cores.
+
+``--json`` makes the LAST line of stdout one JSON object (also after an error,
+then with "error" set) for programs (``python -m cnn.bench`` runs
+``serve.py --batches 64 --concurrency 8 --workers 2 --json``)::
+
+    {"http_images_per_s": best images/s of the batch-64 rows (else the largest batch),
+     "inprocess_images_per_s": in-process model.predict images/s at that batch with
+                               all cores (the table's figure),
+     "inprocess_images_per_s_1thread": the same with one kernel thread,
+     "ratio": http / inprocess, "batch": 64, "format": format of the best row,
+     "formats": [...], "workers": gunicorn workers, "kernel_threads": per worker,
+     "concurrency": [...], "cores": ..., "non_2xx": failed requests in all runs,
+     "rows": [{"format", "batch", "concurrency", "requests", "requests_per_s",
+               "images_per_s", "p50_ms", "p99_ms", "non_2xx",
+               "requests_per_worker": [timed requests of each worker, most first]}, ...],
+     "error": null or the reason the benchmark failed}
 """
 import argparse
 import http.client
@@ -26,6 +61,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -73,6 +109,17 @@ def int_list(text):
     return values
 
 
+FORMATS = ("png", "npy")
+
+
+def format_list(text):
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in FORMATS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"expected png, npy or png,npy, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python benchmarks/serve.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +138,11 @@ def build_parser():
                    help="gunicorn workers (default: gunicorn.conf.py's, CNN_WORKERS)")
     p.add_argument("--ready-timeout", type=positive_float, default=60.0,
                    help="seconds to wait for /ready (default 60)")
+    p.add_argument("--format", type=format_list, default=["png"], dest="formats",
+                   help="request body: png (multipart PNG files), npy (one "
+                        "application/x-npy array) or both, comma-separated (default png)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with the results as the last stdout line")
     return p
 
 
@@ -112,6 +164,17 @@ def png_bytes(pixels):
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode="L").save(buf, "PNG")
     return buf.getvalue()
+
+
+def npy_body(pixels):
+    """(body, Content-Type) of one application/x-npy request: np.save of the batch."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(pixels, dtype=np.uint8), allow_pickle=False)
+    return buf.getvalue(), "application/x-npy"
+
+
+def request_body(fmt, images, pngs):
+    return multipart_body(pngs) if fmt == "png" else npy_body(images)
 
 
 def multipart_body(pngs):
@@ -177,21 +240,47 @@ class Server:
     def log(self):
         return self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
 
+    def access_log_size(self):
+        return self.stdout.stat().st_size if self.stdout.exists() else 0
+
+    def predict_pids(self, since):
+        """{worker pid: /predict requests} in the access log after byte ``since``."""
+        with open(self.stdout, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        counts = {}
+        for pid in re.findall(r'"POST /predict[^"]*" .* <(\d+)>$', text, re.M):
+            counts[pid] = counts.get(pid, 0) + 1
+        return counts
+
     def wait_ready(self, timeout):
+        """/ready's answer once EVERY worker has loaded the model.
+
+        One worker answering /ready is not enough: connections opened while
+        the other workers are still importing would all be accepted by the
+        first one and, kept alive, stay there for the whole run."""
         deadline = time.monotonic() + timeout
+        body = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/ready")
-                resp = conn.getresponse()
-                body = json.loads(resp.read())
-                conn.close()
-                if resp.status == 200:
+            if body is None:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                    conn.request("GET", "/ready")
+                    resp = conn.getresponse()
+                    answer = json.loads(resp.read())
+                    conn.close()
+                    if resp.status == 200:
+                        body = answer
+                except OSError:
+                    pass
+            if body is not None:
+                log = self.log()
+                workers = server_threads(log)[0]
+                if workers is not None and log.count("loaded model ") >= workers:
+                    time.sleep(0.3)  # (from loading to the accept loop)
                     return body
-            except OSError:
-                pass
             time.sleep(0.2)
         raise RuntimeError(f"gunicorn not ready within {timeout:g}s:\n{self.log()}")
 
@@ -213,23 +302,40 @@ class Server:
 STOP = threading.Event()
 
 
-def post(conn, body, ctype):
-    conn.request("POST", "/predict", body=body, headers={"Content-Type": ctype})
+def post(conn, body, headers):
+    """POST a prebuilt body; ``headers`` (a dict) is prebuilt too (see request_headers)."""
+    conn.request("POST", "/predict", body=body, headers=headers)
     resp = conn.getresponse()
     return resp.status, resp.read()
 
 
-def run_load(port, body, ctype, concurrency, n_requests, seconds, warmup):
-    """Latencies (s) of the timed requests, the non-2xx count and the wall time."""
+def request_headers(body, ctype):
+    return {"Content-Type": ctype, "Content-Length": str(len(body))}
+
+
+def run_load(port, body, headers, concurrency, n_requests, seconds, warmup, server=None,
+             workers=None, attempts=10):
+    """Latencies (s) of the timed requests, failures, the wall time and the
+    /predict requests per worker pid (from the access log; None without ``server``).
+
+    Every client thread keeps one connection, and gunicorn keeps a kept-alive
+    connection on the worker that accepted it, so the threads' connections can
+    all end up on one worker (then the others idle for the whole run). After
+    the warm-up requests the access log tells which workers answered: when
+    fewer than min(workers, concurrency) did, every client reconnects and
+    warms up again (up to ``attempts`` times) before the timed requests start.
+    """
     lock = threading.Lock()
-    state = {"issued": 0, "started": None, "deadline": None}
+    state = {"issued": 0, "started": None, "deadline": None, "go": False}
     latencies, failures, errors = [], [], []
+    want = min(workers or 1, concurrency)
+    log_start = server.access_log_size() if server is not None else 0
 
-    def open_gate():  # runs once, before any client is released
-        state["started"] = time.perf_counter()
-        state["deadline"] = state["started"] + seconds
+    warmed = threading.Barrier(concurrency + 1)
+    released = threading.Barrier(concurrency + 1)
 
-    start_gate = threading.Barrier(concurrency + 1, action=open_gate)
+    def connect():
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def take():
         with lock:
@@ -240,18 +346,24 @@ def run_load(port, body, ctype, concurrency, n_requests, seconds, warmup):
             return True
 
     def client():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = connect()
         try:
-            for _ in range(warmup):  # connection set-up, caches, worker warm-up
-                post(conn, body, ctype)
-            start_gate.wait()
+            while True:
+                for _ in range(warmup):  # connection set-up, caches, worker warm-up
+                    post(conn, body, headers)
+                warmed.wait()
+                released.wait()
+                if state["go"]:
+                    break
+                conn.close()  # on the same worker as the others: try a new connection
+                conn = connect()
             while take():
                 t = time.perf_counter()
                 try:
-                    status, data = post(conn, body, ctype)
+                    status, data = post(conn, body, headers)
                 except (OSError, http.client.HTTPException) as exc:
                     conn.close()  # reconnect once the server closed (max_requests, ...)
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                    conn = connect()
                     with lock:
                         failures.append(f"{type(exc).__name__}: {exc}")
                     continue
@@ -260,9 +372,10 @@ def run_load(port, body, ctype, concurrency, n_requests, seconds, warmup):
                     latencies.append(dt)
                     if not 200 <= status < 300:
                         failures.append(f"{status}: {data[:200]!r}")
-        except Exception as exc:  # noqa: BLE001 - reported, never hangs the barrier
+        except Exception as exc:  # noqa: BLE001 - reported, never hangs the barriers
             errors.append(exc)
-            start_gate.abort()
+            warmed.abort()
+            released.abort()
         finally:
             conn.close()
 
@@ -270,17 +383,35 @@ def run_load(port, body, ctype, concurrency, n_requests, seconds, warmup):
     for t in threads:
         t.start()
     try:
-        start_gate.wait(timeout=seconds + 120)
+        for attempt in range(attempts):
+            warmed.wait(timeout=seconds + 120)
+            balanced = True
+            if server is not None:
+                time.sleep(0.05)  # (gunicorn logs a request just after answering it)
+                if want > 1 and warmup > 0 and attempt + 1 < attempts:
+                    balanced = len(server.predict_pids(log_start)) >= want
+                log_start = server.access_log_size()
+            state["go"] = balanced
+            if balanced:
+                state["started"] = time.perf_counter()
+                state["deadline"] = state["started"] + seconds
+            released.wait(timeout=seconds + 120)
+            if balanced:
+                break
     except threading.BrokenBarrierError:
         pass
     for t in threads:
         t.join(timeout=seconds + 120)
     if errors:
         raise errors[0]
-    if any(t.is_alive() for t in threads):
+    if any(t.is_alive() for t in threads) or state["started"] is None:
         raise RuntimeError("client threads did not finish in time")
     wall = time.perf_counter() - state["started"]
-    return np.array(latencies), failures, wall
+    split = None
+    if server is not None:
+        time.sleep(0.05)
+        split = server.predict_pids(log_start)
+    return np.array(latencies), failures, wall, split
 
 
 def in_process_rate(model, images, threads, min_time=1.0):
@@ -302,11 +433,50 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def server_threads(log):
+    """(workers, kernel threads per worker) from the workers' start-up lines, or Nones."""
+    m = re.search(r"worker \d+: (\d+) kernel threads \((\d+) workers", log)
+    return (int(m.group(2)), int(m.group(1))) if m else (None, None)
+
+
+def summary(rows, inprocess, args, workers, kernel_threads, error=None):
+    """The --json object (see the module docstring)."""
+    batch = 64 if 64 in args.batches else max(args.batches)
+    best = max((r for r in rows if r["batch"] == batch), default=None,
+               key=lambda r: r["images_per_s"])
+    http = best["images_per_s"] if best else None
+    one, full = inprocess.get(batch, (None, None))
+    return {
+        "http_images_per_s": http,
+        "inprocess_images_per_s": full,
+        "inprocess_images_per_s_1thread": one,
+        "ratio": round(http / full, 4) if http and full else None,
+        "batch": batch,
+        "format": best["format"] if best else None,
+        "formats": args.formats,
+        "workers": workers,
+        "kernel_threads": kernel_threads,
+        "concurrency": args.concurrency,
+        "cores": available_cores(),
+        "non_2xx": sum(r["non_2xx"] for r in rows),
+        "rows": rows,
+        "error": error,
+    }
+
+
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     print(machine_line())
     tmp = tempfile.mkdtemp(prefix="cnn-bench-serve-")
     server = None
+    rows, inprocess, workers, kernel_threads, error, code = [], {}, args.workers, None, None, 1
     # Ctrl-C and SIGTERM (e.g. `timeout`) unwind to the finally below, which stops
     # gunicorn. SIGINT explicitly too: a shell starting us in the background sets
     # it to "ignore", and Python then keeps that.
@@ -322,76 +492,119 @@ def main(argv=None):
               f"parameters)")
 
         images = test_images(max(args.batches))
-        pngs = [png_bytes(img) for img in images]
+        pngs = [png_bytes(img) for img in images] if "png" in args.formats else []
+        # Every request body is built here, once: the client threads only send them.
+        bodies = {}
+        for fmt in args.formats:
+            for batch in args.batches:
+                body, ctype = request_body(fmt, images[:batch], pngs[:batch])
+                bodies[fmt, batch] = body, request_headers(body, ctype)
         port = free_port()
         server = Server(model_dir, port, args.workers, tmp)
         ready = server.wait_ready(args.ready_timeout)
-        workers_line = [line for line in server.log().splitlines() if "kernel threads" in line]
+        log = server.log()
+        workers, kernel_threads = server_threads(log)
+        workers_line = [line for line in log.splitlines() if "kernel threads" in line]
         detail = workers_line[0].split("] ", 1)[-1] if workers_line else ""
         print(f"server: gunicorn on 127.0.0.1:{port}, model {ready['default']!r}; {detail}")
         print(f"runs: at most {args.requests} requests or {args.seconds:g} s each, after "
-              f"{args.warmup} warm-up requests per client; multipart PNG batches to /predict")
+              f"{args.warmup} warm-up requests per client; formats {', '.join(args.formats)} "
+              f"(png: multipart PNG files, npy: one application/x-npy array) to /predict")
         print()
 
-        header = (f"{'batch':>5} {'conc':>4} {'requests':>8} {'req/s':>8} {'images/s':>9} "
-                  f"{'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7}")
-        rows, total_failures = [], 0
-        for batch in args.batches:
-            body, ctype = multipart_body(pngs[:batch])
-            # Check the answers once per batch size against the library.
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            status, data = post(conn, body, ctype)
-            conn.close()
-            if status != 200:
-                raise RuntimeError(f"POST /predict (batch {batch}) -> {status}: {data[:300]!r}")
-            got = [p["label"] for p in json.loads(data)["predictions"]]
-            want = model.predict(images[:batch]).tolist()
-            if got != want:
-                raise RuntimeError(f"batch {batch}: service labels {got} != model.predict "
-                                   f"{want}")
-            for conc in args.concurrency:
-                lat, failures, wall = run_load(port, body, ctype, conc, args.requests,
-                                               args.seconds, args.warmup)
-                n = len(lat)
-                total_failures += len(failures)
-                rps = n / wall if wall > 0 else float("nan")
-                p50, p99 = (np.percentile(lat, [50, 99]) * 1e3) if n else (np.nan, np.nan)
-                rows.append(f"{batch:>5} {conc:>4} {n:>8} {rps:>8.1f} {rps * batch:>9.0f} "
-                            f"{p50:>8.1f} {p99:>8.1f} {len(failures):>7}")
-                print(rows[-1] if len(rows) > 1 else header + "\n" + rows[-1], flush=True)
-                for f in failures[:3]:
-                    print(f"      failure: {f}")
+        header = (f"{'format':>6} {'batch':>5} {'conc':>4} {'requests':>8} {'req/s':>8} "
+                  f"{'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7}  per worker")
+        print(header, flush=True)
+        for fmt in args.formats:
+            for batch in args.batches:
+                body, headers = bodies[fmt, batch]
+                # Check the answers once per format and batch size against the library.
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                status, data = post(conn, body, headers)
+                conn.close()
+                if status != 200:
+                    raise RuntimeError(f"POST /predict ({fmt}, batch {batch}) -> {status}: "
+                                       f"{data[:300]!r}")
+                got = [p["label"] for p in json.loads(data)["predictions"]]
+                want = model.predict(images[:batch]).tolist()
+                if got != want:
+                    raise RuntimeError(f"{fmt} batch {batch}: service labels {got} != "
+                                       f"model.predict {want}")
+                for conc in args.concurrency:
+                    lat, failures, wall, split = run_load(
+                        port, body, headers, conc, args.requests, args.seconds, args.warmup,
+                        server=server, workers=workers)
+                    per_worker = sorted(split.values(), reverse=True) if split else []
+                    n = len(lat)
+                    rps = n / wall if wall > 0 else float("nan")
+                    p50, p99 = (np.percentile(lat, [50, 99]) * 1e3) if n else (np.nan,
+                                                                                 np.nan)
+                    rows.append({"format": fmt, "batch": batch, "concurrency": conc,
+                                 "requests": n, "requests_per_s": round(rps, 2),
+                                 "images_per_s": round(rps * batch, 1),
+                                 "p50_ms": round(float(p50), 3),
+                                 "p99_ms": round(float(p99), 3), "non_2xx": len(failures),
+                                 "requests_per_worker": per_worker})
+                    print(f"{fmt:>6} {batch:>5} {conc:>4} {n:>8} {rps:>8.1f} "
+                          f"{rps * batch:>9.0f} {p50:>8.1f} {p99:>8.1f} {len(failures):>7}  "
+                          f"{'/'.join(map(str, per_worker))}", flush=True)
+                    for f in failures[:3]:
+                        print(f"      failure: {f}")
 
         print()
-        cores = len(os.sched_getaffinity(0))
-        print("in-process model.predict (no HTTP, no PNG decoding), same batches:")
+        cores = available_cores()
+        print("in-process model.predict (no HTTP, no decoding), same batches:")
         for batch in args.batches:
             x = images[:batch]
             one = in_process_rate(model, x, 1)
+            full = in_process_rate(model, x, cores) if cores > 1 else one
+            inprocess[batch] = (round(one, 1), round(full, 1))
             line = f"  batch {batch:>3}: {one:>8.0f} images/s with 1 thread"
             if cores > 1:
-                line += f", {in_process_rate(model, x, cores):>8.0f} with {cores} threads"
+                line += f", {full:>8.0f} with {cores} threads"
             print(line)
+        best = summary(rows, inprocess, args, workers, kernel_threads)
+        if best["ratio"] is not None:
+            print(f"HTTP / in-process at batch {best['batch']}: {best['ratio']:.0%} "
+                  f"({best['format']}, {best['http_images_per_s']:.0f} vs "
+                  f"{best['inprocess_images_per_s']:.0f} images/s)")
         rc = server.stop()
         err = server.log()
-        print(f"\ngunicorn stopped: exit {rc}" + ("; TRACEBACK in its log" if "Traceback" in err
-                                                  else ""))
+        print(f"\ngunicorn stopped: exit {rc}" + ("; TRACEBACK in its log (on stderr)"
+                                                  if "Traceback" in err else ""))
+        if "Traceback" in err:
+            print(err[err.index("Traceback") - 300:][-4000:], file=sys.stderr)
         server = None
+        total_failures = sum(r["non_2xx"] for r in rows)
         if total_failures:
             print(f"FAILED: {total_failures} non-2xx or failed requests")
-            return 1
-        return 0 if rc == 0 else 1
+            error = f"{total_failures} non-2xx or failed requests"
+            code = 1
+        elif rc != 0:
+            error = f"gunicorn exited with {rc}"
+            code = 1
+        else:
+            code = 0
+        return code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        error, code = "interrupted", 130
+        return code
     except RuntimeError as exc:
         print(f"serve.py: error: {exc}", file=sys.stderr)
-        return 1
+        error, code = str(exc), 1
+        return code
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         STOP.set()
         if server is not None:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        if args.json:  # the contract: the last stdout line is this object
+            print(json.dumps(summary(rows, inprocess, args, workers, kernel_threads,
+                                     error)), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,21 @@ Endpoints
 ``POST``    ``/v2/models/<name>[/versions/<v>]/infer``   OIP inference (service.v2)
 ==========  ===========================================  ===========================================
 
-``/predict`` answers ``{"model", "version", "predictions": [{"index", "name",
-"label", "class", "probability", "top_k": [{"label", "class", "probability"}]}]}``
-in input order; ``top_k`` defaults to 3 and must be an integer from 1 to the
-number of classes; ``invert`` is ``auto`` (default), ``true`` or ``false``.
+``/predict`` takes multipart image (or ``.npy``) files, JSON (base64 files or
+raw pixels), an ``application/x-npy`` array or one ``image/*`` file (see
+service.inputs) and answers ``{"model", "version", "predictions": [{"index",
+"name", "label", "class", "probability", "top_k": [{"label", "class",
+"probability"}]}]}`` in input order; ``top_k`` defaults to 3 and must be an
+integer from 1 to the number of classes; ``invert`` is ``auto`` (default),
+``true`` or ``false``.
 
 Errors are always JSON ``{"error": "..."}``: 400 bad input (undecodable images
-with the per-image ``errors`` list, bad JSON, NaN, wrong shapes, bad base64,
-bad ``top_k``, empty batch), 404 unknown URL or model, 405 wrong method, 413
-body over ``CNN_MAX_CONTENT_LENGTH`` or more than ``CNN_MAX_IMAGES`` images,
-415 unsupported Content-Type, 503 no model loaded. Unexpected failures are
-logged and answered 500 ``{"error": "internal server error"}``.
+with the per-image ``errors`` list, bad JSON, NaN, wrong shapes or dtypes, bad
+base64, bad .npy files, bad ``top_k``, empty batch), 404 unknown URL or model,
+405 wrong method, 413 body over ``CNN_MAX_CONTENT_LENGTH`` or more than
+``CNN_MAX_IMAGES`` images, 415 unsupported Content-Type, 503 no model loaded.
+Unexpected failures are logged and answered 500 ``{"error": "internal server
+error"}``.
 
 Threads: each worker's kernels use ``CNN_THREADS`` threads (default: cores //
 ``CNN_WORKERS``), ``create_app`` also caps the process's BLAS pool to that

@@ -5,8 +5,9 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
 from service.errors import ApiError
-from service.inputs import (check_count, decode_batch, json_image_items, json_pixels,
-                            multipart_items, read_json)
+from service.inputs import (NPY_CONTENT_TYPE, check_count, decode_batch, json_image_items,
+                            json_pixels, multipart_batch, multipart_items, npy_pixels,
+                            read_json)
 
 bp = Blueprint("api", __name__)
 
@@ -45,12 +46,6 @@ def model_param(args):
     return name
 
 
-def top_k_list(proba, k, names):
-    order = np.argsort(-proba, kind="stable")[:k]
-    return [{"label": int(i), "class": names[i], "probability": float(proba[i])}
-            for i in order]
-
-
 @bp.post("/predict")
 def predict():
     """Classify a batch of images; see service.inputs for the accepted bodies."""
@@ -66,10 +61,13 @@ def predict():
         kind = "json"
     elif mimetype.startswith("image/"):
         kind = "image"
+    elif mimetype == NPY_CONTENT_TYPE:
+        kind = "npy"
     else:
         raise ApiError(415, f"unsupported Content-Type {mimetype or '(none)'!r}: send "
-                            f"multipart/form-data (image files), application/json "
-                            f"({{\"images\": [base64...]}} or {{\"pixels\": [...]}}) or one "
+                            f"multipart/form-data (image or .npy files), application/json "
+                            f"({{\"images\": [base64...]}} or {{\"pixels\": [...]}}), "
+                            f"{NPY_CONTENT_TYPE} (a NumPy array written by np.save) or one "
                             f"image/* file")
     served = st.registry.get(model_param(request.args))
     top_k = parse_top_k(request.args.get("top_k"), served.num_classes)
@@ -99,27 +97,44 @@ def predict():
         else:
             items = json_image_items(body["images"], max_images)
             x = decode_batch(items, served, max_pixels, invert, current_app.logger)
+    elif kind == "npy":
+        x = npy_pixels(request.get_data(), served, max_images)
+    elif kind == "multipart":
+        x, names = multipart_batch(multipart_items(request), served, max_pixels, invert,
+                                   max_images, current_app.logger)
     else:
-        if kind == "multipart":
-            items = multipart_items(request)
-        else:
-            items = [(request.get_data(), None)]
+        items = [(request.get_data(), None)]
         check_count(len(items), max_images)
-        names = [name for _, name in items]
+        names = [None]
         x = decode_batch(items, served, max_pixels, invert, current_app.logger)
 
     proba = served.predict_proba(x)
-    labels = proba.argmax(axis=1)
+    labels = proba.argmax(axis=1).tolist()
     st.metrics.record_predictions(request.url_rule.rule, served.name, served.class_names,
-                                  labels.tolist())
-    predictions = []
-    for i, p in enumerate(proba):
-        top = top_k_list(p, top_k, served.class_names)
-        predictions.append({"index": i, "name": names[i] if names else None,
-                            "label": top[0]["label"], "class": top[0]["class"],
-                            "probability": top[0]["probability"], "top_k": top})
+                                  labels)
     return jsonify({"model": served.name, "version": served.version,
-                    "predictions": predictions})
+                    "predictions": predictions_list(proba, top_k, served.class_names,
+                                                    names)})
+
+
+def predictions_list(proba, k, class_names, names=None):
+    """The "predictions" of /predict for class probabilities (N, K), in order.
+
+    The k most likely classes of every row with one argsort of the whole batch
+    (stable: ties keep the lower label first, as argmax does), converted to
+    Python numbers with two tolist() calls rather than per element."""
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    top_labels = order.tolist()
+    top_probs = np.take_along_axis(proba, order, axis=1).tolist()
+    predictions = []
+    for i, (labels, probs) in enumerate(zip(top_labels, top_probs)):
+        top = [{"label": label, "class": class_names[label], "probability": p}
+               for label, p in zip(labels, probs)]
+        first = top[0]
+        predictions.append({"index": i, "name": names[i] if names else None,
+                            "label": first["label"], "class": first["class"],
+                            "probability": first["probability"], "top_k": top})
+    return predictions
 
 
 @bp.get("/health")

@@ -5,7 +5,9 @@
 * ``multipart/form-data``: one or more image files, under any field names
   (``file``, ``images``, ...), classified in the order they appear in the body.
   Every part must be a file (have a filename); a part with an empty filename
-  and no content (a form's file input left empty) is skipped.
+  and no content (a form's file input left empty) is skipped. A part whose
+  file name ends in ``.npy`` (or whose Content-Type is ``application/x-npy``)
+  is a NumPy array as below and adds its N images (named ``name.npy[i]``).
 * ``application/json`` ``{"images": ["<base64>", ...]}``: base64-encoded image
   files (standard or URL-safe alphabet, padding optional, whitespace ignored) or
   ``data:image/...;base64,...`` URLs; a single string is one image.
@@ -13,9 +15,15 @@
   1 x H x W) or a batch (N x H x W or N x 1 x H x W), values 0-255, or 0-1
   when no value is > 1 (see ``cnn.images.pixels_from_array``); light object
   on a black background, never inverted or resized.
+* ``application/x-npy``: the body is one array written by ``np.save``, uint8
+  or float, shaped (N, H, W) or (N, 1, H, W) (or (H, W) for one image): the
+  compact binary form of ``{"pixels": ...}``, with the same value rule. Read
+  with ``allow_pickle=False`` after its header (dtype, shape, image count,
+  data size) was checked; see :func:`npy_pixels`.
 * ``image/*`` (``image/png``, ``image/jpeg``, ...): the body is one image file.
 
-Image files are decoded by ``cnn.images.decode_image``: the format allow-list
+Image files are decoded by ``cnn.images.decode_images`` (one image at a time
+as ``decode_image``, the options checked once per batch): the format allow-list
 (``cnn.images.ALLOWED_FORMATS``), the ``CNN_MAX_PIXELS`` limit checked from the
 header before decoding (decompression bombs), grayscale, inverted when the
 background is light (``invert=auto``) and fitted into the model's input size.
@@ -28,12 +36,15 @@ partial answer would be easy to misread as a complete one.
 """
 import base64
 import binascii
+import io
 import json
 
 import numpy as np
+from flask import current_app
 
-from cnn.images import ALLOWED_FORMATS, ImageError, decode_image, pixels_from_array
+from cnn.images import ALLOWED_FORMATS, ImageError, decode_images, pixels_from_array
 from service.errors import ApiError
+from service.multipart import simple_file_parts
 
 
 def read_json(request):
@@ -61,7 +72,16 @@ def check_count(n, max_images):
 # Encoded image files.
 
 def multipart_items(request):
-    """[(bytes, filename)] of the file parts, in body order."""
+    """[(bytes, filename, is_npy)] of the file parts, in body order.
+
+    Canonical bodies of file parts are split by service.multipart (fast);
+    anything else goes through werkzeug's parser, as does every error."""
+    parts = simple_file_parts(request.get_data(cache=True),
+                              request.mimetype_params.get("boundary"),
+                              current_app.config["MAX_FORM_PARTS"])
+    if parts is not None:
+        return [(data, filename or None, is_npy_part(filename, ctype))
+                for _name, filename, ctype, data in parts if filename or data]
     fields = list(request.form.keys())
     if fields:
         key = fields[0]
@@ -73,8 +93,52 @@ def multipart_items(request):
         data = storage.read()
         if not storage.filename and not data:
             continue  # an empty file input of an HTML form
-        items.append((data, storage.filename or None))
+        items.append((data, storage.filename or None,
+                      is_npy_part(storage.filename, storage.content_type)))
     return items
+
+
+def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None):
+    """(model input, names) of the multipart file parts: image files, and .npy
+    arrays that each add their N images (named ``file.npy[i]``), in body order.
+
+    Only image files: uint8 (N, H, W), decoded as one batch. With .npy parts:
+    float32 (N, 1, H, W) in [0, 1] (the images as uint8 / 255, exactly the
+    model's own conversion)."""
+    if not any(npy for _, _, npy in parts):
+        check_count(len(parts), max_images)
+        items = [(data, name) for data, name, _ in parts]
+        return decode_batch(items, served, max_pixels, invert, logger), [n for _, n in items]
+    _, h, w = served.input_shape
+    chunks, names, files = [], [], []   # files: (position in names, bytes, name)
+    for index, (data, name, npy) in enumerate(parts):
+        if npy:
+            label = f"file {index}" + (f" ({name!r})" if name else "")
+            x = npy_pixels(data, served, max_images, what=label)
+            chunks.append(x)
+            names.extend(f"{name or 'array'}[{i}]" for i in range(len(x)))
+        else:
+            chunks.append(None)
+            files.append((len(names), data, name))
+            names.append(name)
+        check_count(len(names), max_images)  # (413 before decoding anything)
+    decoded = iter(())
+    if files:
+        try:
+            pixels = decode_batch([(data, name) for _, data, name in files], served,
+                                  max_pixels, invert, logger)
+        except ApiError as exc:  # report the images' positions in the whole batch
+            for e in exc.extra.get("errors", []):
+                e["index"] = files[e["index"]][0]
+            n = len(names)
+            exc.message = (f"{len(exc.extra['errors'])} of {n} images could not be read; "
+                           f"nothing was classified")
+            raise
+        decoded = iter(pixels.astype(np.float32)[:, None] / np.float32(255.0))
+    out = []
+    for chunk in chunks:
+        out.append(next(decoded)[None] if chunk is None else chunk)
+    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32), names
 
 
 def base64_image(text):
@@ -100,29 +164,37 @@ def base64_image(text):
 def decode_batch(items, served, max_pixels, invert, logger=None):
     """uint8 (N, H, W) from [(bytes or ValueError, name)]; ApiError listing every bad one."""
     _, h, w = served.input_shape
-    pixels, errors = [], []
+    errors, good = [], []
     for index, (data, name) in enumerate(items):
         if isinstance(data, Exception):
             errors.append({"index": index, "name": name, "error": str(data)})
-            continue
-        try:
-            pixels.append(decode_image(data, size=(h, w), invert=invert,
-                                       max_pixels=max_pixels,
-                                       allowed_formats=ALLOWED_FORMATS))
-        except ImageError as exc:
-            errors.append({"index": index, "name": name, "error": exc.reason})
-        except Exception as exc:  # noqa: BLE001 - an untrusted file must never cause a 500
+        else:
+            good.append(index)
+
+    def on_error(k, exc):  # k: position in ``good``
+        index = good[k]
+        name = items[index][1]
+        if isinstance(exc, ImageError):
+            reason = exc.reason
+        else:  # an untrusted file must never cause a 500
             if logger is not None:
                 logger.warning("unexpected error decoding image %d (%r)", index, name,
-                               exc_info=True)
-            errors.append({"index": index, "name": name,
-                           "error": f"cannot decode image ({type(exc).__name__})"})
+                               exc_info=exc)
+            reason = f"cannot decode image ({type(exc).__name__})"
+        errors.append({"index": index, "name": name, "error": reason})
+
+    x = None
+    if good:
+        x = decode_images([items[i][0] for i in good], size=(h, w), invert=invert,
+                          max_pixels=max_pixels, allowed_formats=ALLOWED_FORMATS,
+                          on_error=on_error)
     if errors:
+        errors.sort(key=lambda e: e["index"])
         n = len(items)
         what = "the image" if n == 1 else f"{len(errors)} of {n} images"
         raise ApiError(400, f"{what} could not be read; nothing was classified",
                        errors=errors)
-    return np.stack(pixels)
+    return x
 
 
 def json_image_items(images, max_images):
@@ -179,6 +251,89 @@ def json_pixels(pixels, served, max_images):
         raise ApiError(400, str(exc)) from None
     check_count(len(x), max_images)
     return x
+
+
+# --------------------------------------------------------------------------
+# NumPy .npy arrays (application/x-npy bodies and .npy multipart parts).
+
+NPY_CONTENT_TYPE = "application/x-npy"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def is_npy_part(filename, content_type):
+    """Is a multipart file part a .npy array (by file name or Content-Type)?"""
+    return ((filename or "").lower().endswith(".npy")
+            or (content_type or "").split(";")[0].strip().lower() == NPY_CONTENT_TYPE)
+
+
+def npy_pixels(body, served, max_images, what="the request body"):
+    """float32 (N, 1, H, W) in [0, 1] from the bytes of a .npy file.
+
+    The header is read and checked before any pixel is: a .npy file (not .npz,
+    not a pickle), format version 1 or 2, dtype uint8 or float (no object,
+    structured or other dtypes: nothing is ever unpickled), shape (N, H, W) or
+    (N, 1, H, W) (or (H, W) for one image), 1..max_images images (413 above),
+    and exactly as many data bytes as the header declares (a truncated or
+    padded file is refused). The pixels are then read with
+    ``np.load(..., allow_pickle=False)`` and treated as the JSON "pixels" are
+    (``cnn.images.pixels_from_array``: finite, 0-255, or 0-1 when no value is
+    > 1; never inverted or resized).
+    """
+    _, h, w = served.input_shape
+    if not body:
+        raise ApiError(400, f"{what} is empty (0 bytes); send a file written by np.save")
+    if not body.startswith(_NPY_MAGIC):
+        if body.startswith(b"PK\x03\x04"):
+            raise ApiError(400, f"{what} is an .npz archive; send one array written by "
+                                f"np.save (a .npy file)")
+        raise ApiError(400, f"{what} is not a .npy file (it does not start with the NumPy "
+                            f"magic bytes \\x93NUMPY); write it with np.save")
+    fp = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported "
+                             f"(use 1.0 or 2.0)")
+    except Exception as exc:  # noqa: BLE001 - NumPy's header parser on untrusted bytes
+        # (ValueError, SyntaxError, tokenize.TokenError, RecursionError, ...)
+        raise ApiError(400, f"{what} has an unreadable header ({_short(exc)})") from None
+    if dtype.hasobject:
+        raise ApiError(400, f"{what} holds Python objects (dtype {dtype}): object arrays "
+                            f"and pickles are not accepted; send uint8 or float pixels")
+    if dtype.names is not None or dtype.subdtype is not None \
+            or not (dtype.kind == "f" or (dtype.kind == "u" and dtype.itemsize == 1)):
+        raise ApiError(400, f"{what} has dtype {dtype}; send uint8 (0-255) or float "
+                            f"(float32/float64, 0-1 or 0-255) pixels")
+    expected = f"(N, {h}, {w}) or (N, 1, {h}, {w}) (or ({h}, {w}) for one image)"
+    if not 2 <= len(shape) <= 4 or tuple(shape[-2:]) != (h, w) \
+            or (len(shape) == 4 and shape[1] != 1):
+        raise ApiError(400, f"{what} must have shape {expected}, got {tuple(shape)}")
+    n = 1 if len(shape) == 2 else int(shape[0])
+    check_count(n, max_images)
+    data_bytes = n * h * w * dtype.itemsize
+    have = len(body) - fp.tell()
+    if have != data_bytes:
+        problem = "is truncated" if have < data_bytes else "has extra bytes after its data"
+        raise ApiError(400, f"{what} {problem}: its header declares {tuple(shape)} "
+                            f"{dtype} = {data_bytes:,} bytes of data, the file has "
+                            f"{have:,}")
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 # pragma: no cover - all checked above
+        raise ApiError(400, f"{what} cannot be read ({_short(exc)})") from None
+    try:
+        return pixels_from_array(arr, size=(h, w))
+    except ValueError as exc:
+        raise ApiError(400, f"{what}: {exc}") from None
+
+
+def _short(exc, limit=200):
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --------------------------------------------------------------------------

@@ -7,13 +7,16 @@ a dark object on white, which "auto" must invert.
 import io
 import pickle
 import re
+import struct
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageOps, features
 
+import cnn.images as images_module
 from cnn.images import (ALLOWED_FORMATS, MAX_PIXELS, ImageError, decode_image, decode_images,
                         pixels_from_array)
 
@@ -450,6 +453,163 @@ def test_decode_images_bad_arguments():
         decode_images([good], colour=True)
 
 
+def test_decode_images_on_error_reports_every_bad_item():
+    good = encode(light_on_black(), "PNG")
+    seen = []
+    out = decode_images([good, b"junk", good, 42, b""], names=["a", "b", "c", "d", "e"],
+                        on_error=lambda i, exc: seen.append((i, exc)))
+    assert out.shape == (5, 28, 28)
+    assert [i for i, _ in seen] == [1, 3, 4]
+    assert isinstance(seen[0][1], ImageError) and seen[0][1].name == "b"
+    assert isinstance(seen[1][1], TypeError)          # neither bytes nor a path
+    assert "empty file" in seen[2][1].reason
+    assert (out[1] == 0).all() and (out[3] == 0).all() and (out[4] == 0).all()
+    assert (out[0] == decode_image(good)).all() and (out[2] == out[0]).all()
+    with pytest.raises(TypeError, match="on_error"):
+        decode_images([good], on_error="print")
+
+
+@pytest.mark.parametrize("invert", ["auto", True, False])
+@pytest.mark.parametrize("size", [(28, 28), (20, 24), (2, 5)])
+def test_decode_images_equals_decode_image_one_by_one(invert, size):
+    """The batch path (options checked once, inversion of same-size opaque images
+    done on the whole batch) gives exactly decode_image's pixels."""
+    rng = np.random.default_rng(7)
+    items = []
+    for i, (h, w) in enumerate([(28, 28), (20, 24), (2, 5), (40, 30), (28, 28), (9, 9)] * 3):
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        if i % 3 == 0:
+            a = (a // 4 + 190).astype(np.uint8)            # light background: auto inverts
+        im = Image.fromarray(a)
+        if i % 4 == 1:
+            im = im.convert("RGBA")
+            im.putalpha(Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)))
+        fmt = ["PNG", "BMP", "PNG", "JPEG", "WEBP", "TIFF"][i % 6]
+        items.append(encode(im.convert("RGB") if fmt == "JPEG" else im, fmt))
+    batch = decode_images(items, size=size, invert=invert)
+    for item, got in zip(items, batch):
+        assert (got == decode_image(item, size=size, invert=invert)).all()
+
+
+def test_checked_options_are_reused_but_still_checked():
+    good = encode(light_on_black(), "PNG")
+    decode_image(good, invert=True, max_pixels=10_000)       # cached
+    with pytest.raises(ValueError, match="invert"):
+        decode_image(good, invert=1)                          # == True, but not True
+    with pytest.raises(ValueError, match="max_pixels"):
+        decode_image(good, max_pixels=True)
+    assert decode_image(good, size=[28, 28]).shape == (28, 28)  # a list: not cached
+    assert decode_image(good, allowed_formats=["png"]).shape == (28, 28)
+
+
+# --------------------------------------------------------------------------
+# The fast path for simple PNG files gives what Pillow's PNG plugin gives.
+
+def _chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def grey_png(a, idat_pieces=1, extra=()):
+    """A hand-made 8-bit grey PNG of ``a`` with its IDAT data in several chunks."""
+    h, w = a.shape
+    z = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in a))  # filter "None"
+    cuts = np.linspace(0, len(z), idat_pieces + 1).astype(int)
+    idats = b"".join(_chunk(b"IDAT", z[i:j]) for i, j in zip(cuts[:-1], cuts[1:]))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + b"".join(_chunk(k, d) for k, d in extra) + idats + _chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def pillow_only(monkeypatch):
+    """Decode without the fast path (what decode_image did before it existed)."""
+    def decode(data, **kw):
+        with monkeypatch.context() as m:
+            m.setattr(images_module, "_simple_png", lambda *a: None)
+            try:
+                return decode_image(data, **kw)
+            except ImageError as exc:
+                return exc.reason
+    return decode
+
+
+def fast_or_error(data, **kw):
+    try:
+        return decode_image(data, **kw)
+    except ImageError as exc:
+        return exc.reason
+
+
+def same(a, b):
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a.shape == b.shape and (a == b).all()
+
+
+def test_simple_pngs_take_the_fast_path_with_pillows_pixels(pillow_only):
+    rng = np.random.default_rng(3)
+    for i, (h, w) in enumerate([(28, 28), (1, 1), (3, 70), (64, 48), (300, 200)]):
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        a[: h // 2] //= 3
+        for data in (encode(Image.fromarray(a), "PNG"),
+                     encode(Image.fromarray(a), "PNG", optimize=True),
+                     encode(Image.fromarray(a), "PNG", compress_level=0),
+                     grey_png(a, idat_pieces=3)):
+            assert images_module._simple_png(data, MAX_PIXELS) is not None
+            assert (images_module._simple_png(data, MAX_PIXELS) == a).all()
+            for invert in ("auto", True, False):
+                assert same(decode_image(data, invert=invert), pillow_only(data, invert=invert))
+
+
+def test_other_pngs_are_left_to_pillow():
+    a = np.random.default_rng(4).integers(0, 256, (28, 28), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    declined = [
+        encode(Image.fromarray(a).convert("RGB"), "PNG"),
+        encode(Image.fromarray(a).convert("RGBA"), "PNG"),
+        encode(Image.fromarray(a).convert("P"), "PNG"),
+        encode(Image.fromarray(a).convert("1"), "PNG"),
+        encode(Image.fromarray(a), "PNG", transparency=0),   # tRNS
+        encode(Image.fromarray(a), "PNG", exif=exif.tobytes()),  # eXIf: orientation
+        encode(Image.fromarray(a), "PNG", dpi=(72, 72)),      # pHYs
+        grey_png(a, extra=[(b"tEXt", b"Comment\x00hi")]),
+        grey_png(a) + b"trailing bytes",
+        grey_png(a)[:-1],
+    ]
+    for data in declined:
+        assert images_module._simple_png(data, MAX_PIXELS) is None
+    # ... and the EXIF orientation of a PNG is still applied (rotated 180 degrees)
+    assert (decode_image(declined[5], invert=False) == a[::-1, ::-1]).all()
+    assert images_module._simple_png(encode(Image.fromarray(a), "PNG"), 28 * 28 - 1) is None
+
+
+def test_damaged_simple_pngs_decode_or_fail_exactly_as_with_pillow(pillow_only, monkeypatch):
+    """Every corruption (bit flips, cuts) gives Pillow's result or Pillow's error."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    good = encode(Image.fromarray(a), "PNG")
+    variants = [good[:k] for k in range(0, len(good), 7)]
+    for _ in range(300):
+        b = bytearray(good)
+        for pos in rng.integers(0, len(b), rng.integers(1, 4)):
+            b[pos] ^= 1 << int(rng.integers(0, 8))
+        variants.append(bytes(b))
+    for data in variants:
+        assert same(fast_or_error(data), pillow_only(data))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    for data in variants[::5]:
+        assert same(fast_or_error(data), pillow_only(data))
+
+
+def test_simple_png_respects_pillows_pixel_limit(monkeypatch):
+    a = np.zeros((100, 100), np.uint8)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow errors above 2000 pixels
+    assert images_module._simple_png(grey_png(a), MAX_PIXELS) is None
+    with pytest.raises(ImageError, match="pixels"):
+        decode_image(grey_png(a))
+
+
 def test_image_error_is_a_value_error_and_pickles():
     assert issubclass(ImageError, ValueError)
     err = ImageError("broken", index=3, name="x.png")
@@ -571,3 +731,18 @@ def test_pixels_does_not_modify_the_input():
     pixels_from_array(a)
     assert a[0, 0] == 200.0
 
+
+
+def test_pixels_uint8_shortcut_matches_the_float64_rule():
+    """uint8 arrays are scaled in float32: the same numbers as the float64 route."""
+    every = np.arange(256, dtype=np.uint8)
+    assert ((every.astype(np.float32) / np.float32(255))
+            == (every.astype(np.float64) / 255.0).astype(np.float32)).all()
+    a = np.resize(every, (4, 28, 28))
+    got = pixels_from_array(a)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (4, 1, 28, 28)
+    assert (got == pixels_from_array(a.astype(np.float64))).all()
+    binary = (a > 127).astype(np.uint8)                      # only 0 and 1: the 0-1 scale
+    assert (pixels_from_array(binary) == binary[:, None]).all()
+    fortran = np.asfortranarray(a)
+    assert pixels_from_array(fortran).flags.c_contiguous

@@ -233,6 +233,50 @@ def test_metrics_add_up_all_workers(server):
     assert count(after.decode()) - count(before.decode()) == n
 
 
+def test_npy_batches_are_classified_like_the_library(server, trained_tiny, test_images):
+    images, _ = test_images
+    buf = io.BytesIO()
+    np.save(buf, images)
+    status, _, answer = request(server["port"], "POST", "/predict", buf.getvalue(),
+                                {"Content-Type": "application/x-npy"})
+    assert status == 200, answer
+    expected = cnn.load_model(str(trained_tiny)).predict(images)
+    assert [p["label"] for p in answer["predictions"]] == expected.tolist()
+    status, _, answer = request(server["port"], "POST", "/predict", buf.getvalue()[:-1],
+                                {"Content-Type": "application/x-npy"})
+    assert status == 400 and "truncated" in answer["error"]
+
+
+def test_load_benchmark_json_contract(trained_tiny, tmp_path):
+    """benchmarks/serve.py --json: its last stdout line is the summary object
+    (``python -m cnn.bench`` parses it)."""
+    cmd = [sys.executable, "benchmarks/serve.py", "--model", str(trained_tiny),
+           "--batches", "4", "--concurrency", "1,2", "--workers", "2", "--requests", "6",
+           "--seconds", "5", "--warmup", "1", "--format", "png,npy", "--json"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for name in ("CNN_THREADS", "CNN_DEFAULT_MODEL", "PROMETHEUS_MULTIPROC_DIR",
+                 "GUNICORN_CMD_ARGS", "CNN_WORKERS"):
+        env.pop(name, None)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["error"] is None and summary["non_2xx"] == 0
+    assert summary["workers"] == 2 and summary["batch"] == 4
+    assert summary["formats"] == ["png", "npy"] and summary["concurrency"] == [1, 2]
+    rows = summary["rows"]
+    assert [(row["format"], row["concurrency"]) for row in rows] == [
+        ("png", 1), ("png", 2), ("npy", 1), ("npy", 2)]
+    assert all(row["requests"] == 6 and row["images_per_s"] > 0 for row in rows)
+    assert all(sum(row["requests_per_worker"]) == 6 for row in rows)
+    best = max(rows, key=lambda row: row["images_per_s"])
+    assert summary["http_images_per_s"] == best["images_per_s"]
+    assert summary["format"] == best["format"]
+    assert summary["inprocess_images_per_s"] > 0
+    assert summary["ratio"] == pytest.approx(
+        summary["http_images_per_s"] / summary["inprocess_images_per_s"], abs=1e-3)
+    assert "in-process model.predict" in r.stdout
+
+
 def test_sigterm_stops_gunicorn_cleanly(server):
     """Runs last in this module: the graceful shutdown itself is under test."""
     proc = server["proc"]
