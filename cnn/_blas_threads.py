@@ -93,9 +93,12 @@ class blas_threads:
         return False
 
 
-# Multiply-adds below which a second thread's wake-up (microseconds) costs more
-# than it saves: about 5 us of single-threaded SGEMM.
-GEMM_WORK_PER_THREAD = 1 << 18
+# Multiply-adds per thread below which a second thread costs more than it
+# saves: ~100 us of single-threaded SGEMM. With OMP_WAIT_POLICY=PASSIVE (see
+# cnn/__init__.py) the other thread sleeps between parallel loops, and waking
+# it costs tens of microseconds: one image through convnet took 0.40 ms with
+# its conv2 and dense1 split over 2 threads, 0.26 ms on one.
+GEMM_WORK_PER_THREAD = 1 << 22
 
 
 def forward_split(threads, images, filters, work_per_filter):

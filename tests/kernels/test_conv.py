@@ -61,6 +61,18 @@ def test_thread_counts_give_the_same_result(dtype):
             assert_close(got, want, dtype, name)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_image_split_over_filter_blocks_gives_the_same_result(dtype):
+    from cnn._blas_threads import forward_split
+    assert forward_split(3, 1, 64, 288 * 28 * 30) == (3, 3)
+    ops = get_backend("cython")
+    x, w, b = conv_inputs(np.random.default_rng(8), 1, 32, 28, 28, 64, 3, 3, dtype)
+    ref, _ = ops.conv2d_forward(x, w, b, pad=1, threads=1)
+    for threads in (2, 3):
+        out, _ = ops.conv2d_forward(x, w, b, pad=1, threads=threads)
+        assert_close(out, ref, dtype, f"{threads} threads")
+
+
 def test_one_by_one_kernel_is_a_matrix_product():
     rng = np.random.default_rng(5)
     x, w, b = conv_inputs(rng, 2, 4, 3, 3, 5, 1, 1, np.float64)

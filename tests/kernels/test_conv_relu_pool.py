@@ -76,10 +76,13 @@ def test_gradients_match_central_differences(backend, stride, pad, kernel, pool)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N", [1, 2, 5])
 def test_thread_counts_and_inference_give_the_same_result(dtype, N):
-    """N < threads splits each image's filters over the threads."""
+    """N < threads splits each image's filters over the threads (the layer is
+    large enough for that: 15M multiply-adds per image)."""
+    from cnn._blas_threads import forward_split
+    assert forward_split(4, 1, 64, 288 * 28 * 30)[0] > 1
     ops = get_backend("cython")
-    x, w, b = inputs(np.random.default_rng(3), N, 16, 12, 12, 32, 3, 3, dtype)
-    dout = np.random.default_rng(4).standard_normal((N, 32, 6, 6)).astype(dtype)
+    x, w, b = inputs(np.random.default_rng(3), N, 32, 28, 28, 64, 3, 3, dtype)
+    dout = np.random.default_rng(4).standard_normal((N, 64, 14, 14)).astype(dtype)
     results = []
     for threads in (1, 2, 4):
         out, cache = ops.conv2d_relu_maxpool2d_forward(x, w, b, 1, 1, threads=threads)

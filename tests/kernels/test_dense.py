@@ -69,7 +69,9 @@ def test_gradients(backend, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 3, 2), (5, 9, 7), (64, 257, 131), (200, 33, 300)])
+# (64, 1100, 257) is large enough (18M multiply-adds) to really run on 4 threads.
+@pytest.mark.parametrize("shape", [(1, 3, 2), (5, 9, 7), (64, 257, 131), (200, 33, 300),
+                                   (64, 1100, 257)])
 def test_thread_counts_agree(dtype, shape):
     N, D, M = shape
     backend = get_backend("cython")
