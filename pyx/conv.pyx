@@ -52,24 +52,18 @@ cdef void conv2d_forward_kernel(const floating[:, :, :, ::1] x, const floating[:
     """out (N, F, P) = w2 (F, K) @ im2col(x[n]) + b, one (image, filter block) per
     iteration. In the wide layout the GEMM writes the thread's wide_out (F, L),
     whose real columns are then copied out."""
-    cdef Py_ssize_t N = x.shape[0], F = g.F, K = g.K, L = g.L, Hc = g.Hc, Wc = g.Wc
-    cdef Py_ssize_t item, n, f, f0, f1, p, oh
+    cdef Py_ssize_t N = x.shape[0], F = g.F, L = g.L, Hc = g.Hc, Wc = g.Wc
+    cdef Py_ssize_t item, n, f, f0, f1, oh
     cdef int tid
-    cdef floating* cols
     cdef floating* o
     for item in prange(N * filter_blocks, num_threads=loop_threads, schedule="static"):
         tid = threadid()
         n = item // filter_blocks
         f0 = (item % filter_blocks) * F // filter_blocks
         f1 = (item % filter_blocks + 1) * F // filter_blocks
-        cols = &work[tid, 0, 0]
-        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
         o = &wide_out[tid, 0, 0] if g.wide else &out[n, f0, 0]
-        for f in range(f1 - f0):
-            for p in range(L):
-                o[f * L + p] = b[f0 + f]
-        gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>K, <floating>1.0,
-                      &w2[f0, 0], <int>K, cols, <int>L, <floating>1.0, o, <int>L)
+        conv_filter_block(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &pad_work[tid, 0],
+                          &work[tid, 0, 0], o, f0, f1, &g)
         if g.wide:
             for f in range(f1 - f0):
                 for oh in range(Hc):

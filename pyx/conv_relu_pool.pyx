@@ -112,23 +112,17 @@ cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] 
     block) per iteration. arg is (N, F, Hp*Wp), or with arg_per_thread (inference:
     nothing is kept) a (threads, F, Hp*Wp) scratch."""
     cdef Py_ssize_t N = x.shape[0], F = g.conv.F, L = g.conv.L
-    cdef Py_ssize_t item, n, f, f0, f1, p, a
+    cdef Py_ssize_t item, n, f, f0, f1, a
     cdef int tid
-    cdef floating* cols
     cdef floating* c
     for item in prange(N * filter_blocks, num_threads=loop_threads, schedule="static"):
         tid = threadid()
         n = item // filter_blocks
         f0 = (item % filter_blocks) * F // filter_blocks
         f1 = (item % filter_blocks + 1) * F // filter_blocks
-        cols = &work[tid, 0, 0]
         c = &conv[tid, 0, 0]
-        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g.conv)
-        for f in range(f1 - f0):
-            for p in range(L):
-                c[f * L + p] = b[f0 + f]
-        gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>g.conv.K, <floating>1.0,
-                      &w2[f0, 0], <int>g.conv.K, cols, <int>L, <floating>1.0, c, <int>L)
+        conv_filter_block(&x[n, 0, 0, 0], &w2[0, 0], &b[0], &pad_work[tid, 0],
+                          &work[tid, 0, 0], c, f0, f1, &g.conv)
         a = tid if arg_per_thread else n
         for f in range(f1 - f0):
             if (arg_per_thread and g.PKH == 2 and g.PKW == 2 and g.psh == 2 and g.psw == 2
