@@ -7,28 +7,62 @@ Members:
     param/LAYER.NAME  every parameter and buffer (e.g. param/0.w, param/1.running_mean)
 Checkpoints (``--resume``) are the same format with more members: the optimizer
 state under opt/SLOT/LAYER.NAME and the loop state (epoch, RNG states,
-history) in the JSON under "checkpoint".
+history) in the JSON under "checkpoint". No other member is allowed.
+
+Reading a file costs what the format defines, checked before it is spent:
+the file and the declared uncompressed sizes of its members are capped
+(``max_bytes``, default MAX_BYTES), as are its zip directory and metadata;
+every member's .npy header must describe exactly the bytes the member holds;
+``load_model`` reads no ``opt/`` member and builds the model only after the
+parameter shapes its architecture declares match the stored headers. A file
+within the cap costs at most about 4 x its arrays while loading (the arrays,
+the built parameters and their float64 random initialisation).
 
 Files are written atomically: to a temporary file in the same folder, synced,
 then renamed over the target, so a crash mid-write leaves the old file whole.
 """
+import contextlib
 import datetime
 import json
+import math
 import os
+import re
+import struct
 import tempfile
 import zipfile
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
+from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
+                        ReLU)
 from cnn.model import Sequential
 
 FORMAT = "cnn-weights"
 VERSION = 1
 
+# What one file may cost to read. MAX_BYTES bounds a file's arrays (their
+# declared uncompressed sizes, and the file itself): the largest named
+# architecture, convnet_deep, is 3.5 MB of float32 weights and 10.5 MB as an
+# Adam checkpoint. Pass max_bytes= to load_model/read_model_file for bigger models.
+MAX_BYTES = 256 << 20
+MAX_META_BYTES = 16 << 20        # the JSON metadata: a few KB in practice
+MAX_DIRECTORY_BYTES = 1 << 20    # the zip's table of contents: ~100 bytes per member
+_MEMBER = re.compile(r"__meta__\.npy|param/[^/]+\.npy|opt/[^/]+/[^/]+\.npy")
+
 
 class ModelFileError(ValueError):
-    """A weights file that is missing, corrupt, truncated or not ours."""
+    """A weights file that is missing, corrupt, truncated, too large or not ours.
+
+    ``str()`` is "PATH: PROBLEM"; ``problem`` alone is there for callers that
+    name the file their own way (the service names it relative to its folder).
+    """
+
+    def __init__(self, path, problem):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
 
 
 def _umask():
@@ -108,47 +142,236 @@ def save_model(path, model, summary=None, checkpoint=None, optimizer_arrays=None
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def read_model_file(path):
-    """(meta dict, {member: array}) of a weights file, or ModelFileError."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelFileError(f"weights file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise ModelFileError(f"weights file {path!r} is a folder")
+class ArrayHeader(NamedTuple):
+    """What a member's .npy header declares, read before any of its data."""
+    dtype: np.dtype
+    shape: tuple
+    info: zipfile.ZipInfo
+
+
+def _size(nbytes):
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """What zipfile and numpy raise on a damaged archive, as ModelFileError."""
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):   # a bare .npy array
-            raise ModelFileError(f"{path!r} is a single NumPy array (.npy), not a cnn "
-                                 f"weights file")
-        with npz:
-            if "__meta__" not in npz.files:
-                raise ModelFileError(f"{path!r} is a NumPy archive but not a cnn weights "
-                                     f"file (no __meta__ member)")
-            arrays = {name: npz[name] for name in npz.files}
+        yield
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
-            RuntimeError, MemoryError) as exc:
+            RuntimeError, MemoryError, struct.error) as exc:
         # RuntimeError/NotImplementedError: zipfile on a corrupted header (encryption
-        # flag, compression method, version); MemoryError: a corrupted array header
-        # claiming a huge shape.
-        raise ModelFileError(f"{path!r} is not a readable cnn weights file (corrupt, "
-                             f"truncated or another format): {type(exc).__name__}: "
-                             f"{exc}") from None
-    try:
-        meta = json.loads(str(arrays.pop("__meta__")))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelFileError(f"{path!r}: its metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path!r} is not a cnn weights file (format "
-                             f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    version = meta.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ModelFileError(f"{path!r} has an invalid format version {version!r}")
-    if version > VERSION:
-        raise ModelFileError(f"{path!r} has format version {version}; this cnn reads "
-                             f"versions up to {VERSION}: upgrade cnn")
-    return meta, arrays
+        # flag, compression method, version).
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ModelFileError(path, f"is not a readable cnn weights file (corrupt, "
+                                   f"truncated or another format): {detail}") from None
+
+
+class _Archive:
+    """An open weights file: its members' .npy headers checked against their
+    sizes and the caps, its metadata read, no other array data read yet
+    (``read`` reads the members a caller needs)."""
+
+    def __init__(self, path, max_bytes=None):
+        self.path = path = os.fspath(path)
+        self.max_bytes = MAX_BYTES if max_bytes is None else max_bytes
+        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) \
+                or self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        if not os.path.exists(path):
+            raise ModelFileError(path, "does not exist")
+        if os.path.isdir(path):
+            raise ModelFileError(path, "is a folder, not a weights file")
+        self.file = None
+        with _reading(path):
+            self.file = open(path, "rb")
+            try:
+                self._open()
+            except BaseException:
+                self.close()
+                raise
+
+    def _open(self):
+        path, f = self.path, self.file
+        size = os.fstat(f.fileno()).st_size
+        if size > self.max_bytes:
+            raise ModelFileError(path, f"is {_size(size)}, more than the "
+                                       f"{_size(self.max_bytes)} limit for a weights file")
+        if f.read(6) == b"\x93NUMPY":
+            raise ModelFileError(path, "is a single NumPy array (.npy), not a cnn weights "
+                                       "file")
+        # zipfile turns every entry of the central directory into a Python
+        # object (~10x its size): check the directory's declared size first.
+        end = zipfile._EndRecData(f)   # noqa: SLF001 - zipfile's own end-record reader
+        if end is None:
+            raise zipfile.BadZipFile("File is not a zip file")
+        if end[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES:   # noqa: SLF001
+            raise ModelFileError(path, f"its zip directory is {_size(end[zipfile._ECD_SIZE])}"
+                                       f" ({end[zipfile._ECD_ENTRIES_TOTAL]:,} members), "
+                                       f"more than a weights file needs "
+                                       f"({_size(MAX_DIRECTORY_BYTES)})")
+        self.zip = zipfile.ZipFile(f)
+        infos = self.zip.infolist()
+        names = [info.filename for info in infos]
+        if "__meta__.npy" not in names:
+            raise ModelFileError(path, "is a NumPy archive but not a cnn weights file (no "
+                                       "__meta__ member)")
+        # Members the format does not define are refused, unread: a file holding
+        # them was not written by cnn (another program's archive, a tampered
+        # file), and saying so beats serving it.
+        unknown = [n for n in names if not _MEMBER.fullmatch(n)]
+        if unknown:
+            raise ModelFileError(path, f"holds {unknown[0]!r}, which is not part of a cnn "
+                                       f"weights file (only __meta__, param/... and opt/... "
+                                       f"arrays are)")
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ModelFileError(path, f"holds member {twice[0]!r} twice")
+        # Declared uncompressed sizes, checked before anything is decompressed;
+        # reads stop at them (zipfile cuts a member there, and fails its CRC).
+        total = sum(info.file_size for info in infos)
+        if total > self.max_bytes:
+            big = max(infos, key=lambda info: info.file_size)
+            raise ModelFileError(path, f"its arrays take {_size(total)} uncompressed (the "
+                                       f"largest, {big.filename}, {_size(big.file_size)}), "
+                                       f"more than the {_size(self.max_bytes)} limit for a "
+                                       f"weights file")
+        self.headers = {info.filename[:-len(".npy")]: self._header(info) for info in infos}
+        self.meta = self._meta()
+
+    def _header(self, info):
+        with self.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"{info.filename}: .npy format version {version} (cnn "
+                                 f"writes 1.0)")
+            offset = f.tell()
+        if dtype.hasobject:
+            raise ModelFileError(self.path, f"{info.filename} holds Python objects "
+                                            f"(pickles), which cnn never writes")
+        if any(n < 0 for n in shape):
+            raise ValueError(f"{info.filename}: negative dimension in shape {shape}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offset + nbytes != info.file_size:
+            raise ModelFileError(self.path, f"{info.filename} declares a {dtype} array of "
+                                            f"shape {shape} ({_size(nbytes)}) but holds "
+                                            f"{_size(max(info.file_size - offset, 0))}")
+        return ArrayHeader(dtype, tuple(shape), info)
+
+    def _meta(self):
+        path, header = self.path, self.headers["__meta__"]
+        if header.dtype.kind != "U" or header.shape != ():
+            raise ModelFileError(path, f"its metadata (__meta__) is not a JSON string but a "
+                                       f"{header.dtype} array of shape {header.shape}")
+        if header.info.file_size > MAX_META_BYTES:
+            raise ModelFileError(path, f"its metadata is {_size(header.info.file_size)}, "
+                                       f"more than a weights file needs "
+                                       f"({_size(MAX_META_BYTES)})")
+        text = str(self.read(["__meta__"])["__meta__"])
+        try:
+            meta = json.loads(text)
+        except (ValueError, RecursionError) as exc:   # JSONDecodeError, too deep, huge ints
+            raise ModelFileError(path, f"its metadata is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelFileError(path, f"is not a cnn weights file (format "
+                                       f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+        version = meta.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ModelFileError(path, f"has an invalid format version {version!r}")
+        if version > VERSION:
+            raise ModelFileError(path, f"has format version {version}; this cnn reads "
+                                       f"versions up to {VERSION}: upgrade cnn")
+        return meta
+
+    def read(self, names):
+        """{name: array} of the members ``names``; each read stops at the size its
+        checked header declares."""
+        arrays = {}
+        with _reading(self.path):
+            for name in names:
+                with self.zip.open(self.headers[name].info) as f:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+        return arrays
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_model_file(path, max_bytes=None):
+    """(meta dict, {member: array}) of a weights file, or ModelFileError.
+
+    Every array member is returned (``param/...``, and ``opt/...`` for a
+    checkpoint). ``max_bytes`` (default MAX_BYTES) caps the file's arrays."""
+    with _Archive(path, max_bytes) as archive:
+        return archive.meta, archive.read([n for n in archive.headers if n != "__meta__"])
+
+
+_PARAM_FREE = (ReLU, Flatten, MaxPool2D, AvgPool2D, Dropout)
+
+
+def declared_shapes(model):
+    """{key: shape} of every parameter and buffer ``model.build`` would create,
+    worked out from the layer configs alone: building allocates (and randomly
+    initialises) them, which a hostile architecture must not get to do."""
+    shapes, shape = {}, model.input_shape
+    for i, layer in enumerate(model.layers):
+        try:
+            out = tuple(layer.compute_output_shape(shape))
+        except ValueError as exc:
+            raise ValueError(f"layer {i} ({layer!r}): {exc}") from None
+        if type(layer) is Conv2D:
+            shapes[f"{i}.w"] = (layer.filters, shape[0], *layer.kernel)
+            shapes[f"{i}.b"] = (layer.filters,)
+        elif type(layer) is Dense:
+            shapes[f"{i}.w"], shapes[f"{i}.b"] = (layer.units, shape[0]), (layer.units,)
+        elif type(layer) is BatchNorm2D:
+            for name in ("gamma", "beta", "running_mean", "running_var"):
+                shapes[f"{i}.{name}"] = (shape[0],)
+        elif type(layer) not in _PARAM_FREE:   # a new layer type: teach this function
+            raise ValueError(f"layer {i}: cannot check the parameters of a "
+                             f"{type(layer).__name__} layer before building it")
+        shape = out
+    return shapes
+
+
+def _check_declared(path, declared, stored, max_bytes):
+    """The architecture's parameters against the stored headers, before building:
+    its total size under the cap, then the same names and shapes."""
+    dtypes = sorted({str(h.dtype) for h in stored.values()}) or ["float32"]
+    if len(dtypes) > 1 or dtypes[0] not in ("float32", "float64"):
+        raise ValueError(f"weights must all be float32 or all float64, got {dtypes}")
+    dtype = np.dtype(dtypes[0])
+    count = sum(math.prod(shape) for shape in declared.values())
+    if count * dtype.itemsize > max_bytes:
+        raise ModelFileError(path, f"its architecture declares {count:,} parameters "
+                                   f"({_size(count * dtype.itemsize)} as {dtype}), more than "
+                                   f"the {_size(max_bytes)} limit for a weights file")
+    missing = sorted(set(declared) - set(stored))
+    extra = sorted(set(stored) - set(declared))
+    if missing or extra:
+        raise ValueError(f"weights do not match the architecture: missing {missing}, "
+                         f"unexpected {extra}")
+    for key, shape in declared.items():
+        if stored[key].shape != shape:
+            raise ValueError(f"weight {key} has shape {stored[key].shape}, the architecture "
+                             f"needs {shape}")
+    return dtype
 
 
 def _valid_normalization(norm):
@@ -159,36 +382,41 @@ def _valid_normalization(norm):
                for v in (mean, std)) and std > 0
 
 
-def load_model(path, backend=None, threads=None):
-    """The model saved at ``path``, ready for ``predict``/``predict_proba`` on raw pixels."""
-    meta, arrays = read_model_file(path)
-    from cnn.backends import get_backend
-    get_backend(backend)   # a bad backend is the caller's error, not the file's
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    try:
-        model = Sequential.from_config(meta["architecture"], class_names=meta["class_names"])
-        dtype = next(iter(params.values())).dtype if params else np.dtype(np.float32)
-        bad = [k for k, v in params.items() if v.dtype != dtype]
-        if dtype not in (np.float32, np.float64) or bad:
-            raise ValueError(f"weights must all be float32 or all float64, got "
-                             f"{sorted({str(v.dtype) for v in params.values()})}")
-        model.build(seed=0, dtype=dtype, backend=backend, threads=threads)
-        model.load_state(params)
-    except (KeyError, TypeError, ValueError, StopIteration) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        raise ModelFileError(f"{os.fspath(path)!r}: the saved architecture and weights do "
-                             f"not fit together ({exc})") from None
+def load_model(path, backend=None, threads=None, max_bytes=None):
+    """The model saved at ``path``, ready for ``predict``/``predict_proba`` on raw pixels.
+
+    Reads only ``__meta__`` and the ``param/`` members, and builds the model only
+    once the shapes its architecture declares match the stored headers and fit
+    in ``max_bytes`` (default MAX_BYTES); ModelFileError otherwise."""
+    path = os.fspath(path)
+    with _Archive(path, max_bytes) as archive:
+        meta = archive.meta
+        from cnn.backends import get_backend
+        get_backend(backend)   # a bad backend is the caller's error, not the file's
+        stored = {k[len("param/"):]: h for k, h in archive.headers.items()
+                  if k.startswith("param/")}
+        try:
+            model = Sequential.from_config(meta["architecture"],
+                                           class_names=meta["class_names"])
+            dtype = _check_declared(path, declared_shapes(model), stored, archive.max_bytes)
+            params = {k[len("param/"):]: v for k, v in
+                      archive.read([f"param/{k}" for k in stored]).items()}
+            model.build(seed=0, dtype=dtype, backend=backend, threads=threads)
+            model.load_state(params)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(path, f"the saved architecture and weights do not fit "
+                                       f"together ({exc})") from None
     bad = sorted(k for k, v in params.items() if not np.isfinite(v).all())
     if bad:
-        raise ModelFileError(f"{os.fspath(path)!r}: weights {bad} hold NaN or infinite "
-                             f"values")
+        raise ModelFileError(path, f"weights {bad} hold NaN or infinite values")
     norm = meta.get("normalization")
     if norm is not None and not _valid_normalization(norm):
-        raise ModelFileError(f"{os.fspath(path)!r}: bad normalization {norm!r} (expected "
-                             f'{{"mean": number, "std": positive number}} or null)')
+        raise ModelFileError(path, f"bad normalization {norm!r} (expected "
+                                   f'{{"mean": number, "std": positive number}} or null)')
     model.normalization = norm
     model.summary_info = meta.get("summary", {})
     model.meta = meta
-    model.path = os.fspath(path)
+    model.path = path
     return model
