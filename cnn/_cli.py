@@ -53,3 +53,18 @@ def fail(prog, message, code=2):
     """Print ``prog: error: message`` to stderr and return the exit code."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+def steps_or_seconds(text):
+    """``N`` steps, or a time: ``Ns`` seconds, ``Nm`` minutes -> ("steps"|"seconds", N)."""
+    units = {"s": 1, "m": 60}
+    unit = units.get(text[-1:].lower()) if text else None
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * unit if unit else int(number)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number of steps (e.g. 200) or a time "
+                                         f"(e.g. 30s, 5m), got {text!r}")
+    return ("seconds", value) if unit else ("steps", value)

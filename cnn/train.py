@@ -5,23 +5,39 @@ kernels, prints progress and validation metrics each epoch, evaluates on the
 test set, and writes beside each other:
 
     models/convnet.npz            the weights file (cnn.load_model, the service)
-    models/convnet.ckpt           checkpoint of the last finished epoch (--resume)
+    models/convnet.ckpt           checkpoint for --resume: every --checkpoint-every
+                                  (60s) and at each epoch end
     models/convnet.history.json   per-epoch metrics
     models/convnet.png            learning curves
+
+--resume continues a run with the settings saved in its checkpoint: a flag that
+contradicts them is an error; --epochs may change the run's length (the message
+says how the learning-rate schedule changes). A resumed run computes the same
+weights bit for bit as one that was never stopped (same --threads and backend).
+
+The output is checked before training (a folder, no write permission, too little
+free space: exit 2); an I/O error while writing ends with one line and exit
+status 74, the earlier files intact. The service serves only *.npz files, so
+--out gets the suffix when it has none.
 """
 import argparse
 import datetime
+import hashlib
 import io
 import json
 import os
 import re
+import shlex
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 from cnn import __version__
-from cnn._cli import fail as _fail, fraction, non_negative_float, positive_float, positive_int
+from cnn._cli import (fail as _fail, fraction, non_negative_float, positive_float, positive_int,
+                      steps_or_seconds)
 from cnn.architectures import ARCHITECTURES, build_architecture
 from cnn.backends import BackendUnavailable, get_backend
 from cnn.data import DataError, Normalizer, load_dataset, train_val_split
@@ -68,9 +84,17 @@ def build_parser():
                    help="folder of MNIST-format IDX files (default: CNN_DATA_DIR, else "
                         "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--out", default=None,
-                   help="weights file to write (default: models/ARCH.npz)")
+                   help="weights file to write (default: models/ARCH.npz); .npz is added "
+                        "when missing, as the service serves only *.npz files")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue from a checkpoint (default: the one beside --out)")
+                   help="continue a stopped run from its checkpoint (default: the one "
+                        "beside --out) with the run's own settings; other values of "
+                        "them are an error, except --epochs (changes the run's length "
+                        "and so its learning-rate schedule), --threads, --backend")
+    p.add_argument("--checkpoint-every", type=steps_or_seconds, default=("seconds", 60.0),
+                   metavar="STEPS|TIME",
+                   help="also save the checkpoint within epochs, every STEPS training "
+                        "steps (e.g. 200) or every TIME (e.g. 30s, 5m; default: 60s)")
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
                    help="live bar, one line per epoch, or bar only on a terminal (auto)")
     return p
@@ -121,11 +145,174 @@ def fail(message, code=2):
     return _fail("cnn.train", message, code)
 
 
+IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
+
+# What a checkpoint restores: the run as it was started. --epochs may change
+# (the length is the user's choice); the rest would silently make another run.
+RUN_SETTINGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                "weight_decay", "schedule", "augment", "val_fraction", "limit", "seed")
+# Restored unless given: where the data is (checked by content) and how to compute.
+PLACE_SETTINGS = ("data_dir", "threads", "backend")
+
+# atomic_write's temporary files (.NAME.XXXXXXXX.tmp) older than this were left
+# by a killed writer: a live one writes its file within seconds.
+STALE_TEMP_SECONDS = 600
+
+
+def flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def parse_args(parser, argv):
+    """(args, the dests given on the command line): a resumed run needs to know
+    which values the user chose and which are mere defaults."""
+    unset = object()
+    dests = vars(parser.parse_args([]))
+    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(dests, unset)))
+    given = {key for key, value in vars(args).items() if value is not unset}
+    for key in set(dests) - given:
+        setattr(args, key, dests[key])
+    return args, given
+
+
+def restore_run(args, given, saved, done):
+    """Set ``args`` to the checkpointed run's settings (``saved``); ``done``: its
+    finished epochs. Returns (error or None, notes to print)."""
+    notes = []
+    for key in RUN_SETTINGS:
+        if key not in saved:                    # a checkpoint of an older cnn
+            continue
+        value, old = getattr(args, key), saved[key]
+        if key in given and key != "epochs" and value != old:
+            return (f"{flag(key)} {value} differs from the resumed run's {flag(key)} "
+                    f"{old}: leave it out to continue that run, or start a new run with "
+                    f"another --out"), notes
+        setattr(args, key, old if key not in given else value)
+    if "epochs" in given and args.epochs != saved.get("epochs", args.epochs):
+        if args.epochs < done:
+            return (f"--epochs {args.epochs}: the checkpoint already holds {done} "
+                    f"epochs"), notes
+        notes.append(
+            f"changing the run's length from {saved['epochs']} to {args.epochs} epochs: "
+            + ("the learning rate is constant, so the schedule does not change"
+               if args.schedule == "constant" else
+               f"the {args.schedule} learning-rate schedule now spans {args.epochs} "
+               f"epochs, so the rest of the run differs from the {saved['epochs']}-epoch "
+               f"run's"))
+    for key in PLACE_SETTINGS:
+        if key not in given:
+            setattr(args, key, saved.get(key))
+        elif key != "data_dir" and saved.get(key) is not None and \
+                getattr(args, key) != saved[key]:
+            notes.append(f"{flag(key)} {getattr(args, key)} (the run used {saved[key]}): "
+                         f"the weights will not match an uninterrupted run bit for bit")
+    return None, notes
+
+
+def weights_path(out):
+    """``out`` with the .npz suffix the service looks for."""
+    return out if out.endswith(".npz") else out + ".npz"
+
+
+def output_files(out):
+    return [out, checkpoint_path(out), sidecar(out, ".history.json"), sidecar(out, ".png")]
+
+
+def check_output(out, need_bytes):
+    """Why the run's files could not be written, or None. Found before training,
+    not after it."""
+    for path in output_files(out):
+        if os.path.isdir(path):
+            return f"--out: {path!r} is a folder; give a file name such as {out!r}/model.npz" \
+                if path == out else f"--out: {path!r} (written beside {out!r}) is a folder"
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        # the real test: write a file as atomic_write will (os.access lies for root)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"--out: cannot write in {folder!r}: {exc.strerror or exc}"
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        return (f"--out: {folder!r} has {free / 2**20:.1f} MiB free; the run's files need "
+                f"about {need_bytes / 2**20:.1f} MiB")
+    return None
+
+
+def remove_stale_temp_files(out, max_age=STALE_TEMP_SECONDS):
+    """Remove the temporary files a killed write of the run's files left behind
+    (never a live writer's: only files untouched for ``max_age`` seconds).
+    Returns their paths."""
+    removed, now = [], time.time()
+    for path in output_files(out):
+        folder, name = os.path.split(os.path.abspath(path))
+        pattern = re.compile(re.escape(f".{name}.") + r"[A-Za-z0-9_]+\.tmp")
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if (pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                        and now - entry.stat(follow_symlinks=False).st_mtime > max_age):
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+            except OSError:            # gone meanwhile, or not ours to remove
+                pass
+    return removed
+
+
+def data_fingerprint(images, labels):
+    """A digest of the training data, so a resumed run can tell it got the same."""
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()
+
+
+class OutputError(Exception):
+    """A file of the run could not be written; its earlier version is intact."""
+
+
+def write_output(path, save):
+    try:
+        save()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def describe(saved, steps):
+    """Where a checkpoint stands: {"epoch": finished epochs, "step": steps into
+    the next one or 0}."""
+    if saved["step"]:
+        return f"epoch {saved['epoch'] + 1} at step {saved['step']}/{steps}"
+    return f"epoch {saved['epoch']} (finished)"
+
+
+def resume_command(ckpt):
+    return f"{os.path.basename(sys.executable) or 'python3'} -m cnn.train --resume " \
+           f"{shlex.quote(ckpt)}"
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    out = args.out or default_out(args.arch)
+    try:
+        return run(argv)
+    except KeyboardInterrupt:    # before training started (training has its own)
+        print("\ninterrupted before training started: nothing was saved", file=sys.stderr)
+        return 130
+
+
+def run(argv=None):
+    parser = build_parser()
+    args, given = parse_args(parser, argv)
+    if args.out is not None and (os.path.isdir(args.out) or args.out.endswith(os.sep)):
+        return fail(f"--out: {args.out!r} is a folder; give a file name such as "
+                    f"{os.path.join(args.out, 'model.npz')!r}")
+    out = weights_path(args.out or default_out(args.arch))
     ckpt_file = checkpoint_path(out)
-    resume = None
+    resume, notes = None, []
     if args.resume:
         path = ckpt_file if args.resume == "auto" else args.resume
         try:
@@ -134,14 +321,20 @@ def main(argv=None):
             return fail(f"--resume: {exc}")
         if "checkpoint" not in resume[0]:
             return fail(f"--resume: {path!r} is a weights file, not a checkpoint")
-        ckpt_file = path
-        saved = resume[0]["checkpoint"]["args"]
-        # The run continues as it was started; only the length, threads and
-        # backend may change.
-        for key, value in saved.items():
-            if key not in ("epochs", "threads", "backend", "progress", "resume"):
-                setattr(args, key, value)
-        out = args.out or default_out(args.arch)
+        state = resume[0]["checkpoint"]
+        saved = state["args"]
+        # The weights file lives beside its checkpoint; --out may only name it.
+        run_out = path[:-5] + ".npz" if path.endswith(".ckpt") else \
+            weights_path(saved.get("out") or out)
+        if "out" in given and os.path.abspath(out) != os.path.abspath(run_out):
+            return fail(f"--out {args.out} differs from the resumed run's weights file "
+                        f"{run_out}: leave --out out to continue that run")
+        out, ckpt_file = run_out, path
+        error, notes = restore_run(args, given, saved, int(state["epoch"]))
+        if error:
+            return fail(error)
+    elif args.out is not None and out != args.out:
+        notes.append(f"--out {args.out}: writing {out} (the service serves only *.npz files)")
 
     lr = args.lr or DEFAULT_LR[args.optimizer]
     try:
@@ -156,6 +349,10 @@ def main(argv=None):
     images, labels = data.train_images, data.train_labels
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
+    fingerprint = data_fingerprint(images, labels)
+    if resume and resume[0]["checkpoint"].get("data_sha256", fingerprint) != fingerprint:
+        return fail(f"--data-dir: the training images in {data.source} are not the ones the "
+                    f"resumed run was trained on")
     tr_x, tr_y, va_x, va_y = train_val_split(images, labels, args.val_fraction, args.seed)
     if len(tr_x) == 0:
         return fail("no training images left after the validation split: raise --limit")
@@ -178,8 +375,9 @@ def main(argv=None):
     optimizer = make_optimizer(args.optimizer, model, lr, args.weight_decay, args.momentum)
     schedule = Schedule(lr, args.schedule, epochs=args.epochs,
                         step_size=max(1, args.epochs // 3))
+    steps = (len(x_train) + args.batch_size - 1) // args.batch_size
     rng = np.random.default_rng(args.seed + 1)
-    start_epoch, history = 0, []
+    start_epoch, history, position = 0, [], None
     if resume:
         meta, arrays = resume
         state = meta["checkpoint"]
@@ -192,6 +390,21 @@ def main(argv=None):
         rng.bit_generator.state = state["rng"]
         model.rng.bit_generator.state = state["model_rng"]
         start_epoch, history = int(state["epoch"]), list(state["history"])
+        position = state.get("position")
+        if position is not None and args.epochs <= start_epoch:
+            return fail(f"--epochs {args.epochs}: the checkpoint is within epoch "
+                        f"{start_epoch + 1}")
+        if position is not None and not 0 < position["step"] < steps:
+            return fail(f"--resume: the checkpoint's step {position['step']} is not within "
+                        f"an epoch of {steps} steps")
+
+    # Everything a checkpoint holds, twice (the new file is written before the
+    # old one is replaced), plus the weights file, history and curves.
+    param_bytes = sum(v.nbytes for v in model.state().values())
+    error = check_output(out, 2 * 3 * param_bytes + param_bytes + 2**20)
+    if error:
+        return fail(error)
+    stale = remove_stale_temp_files(out)
 
     threads = model.threads or __import__("cnn").get_num_threads()
     print(f"cnn {__version__}: training {model.name} ({model.num_params():,} parameters) "
@@ -201,20 +414,58 @@ def main(argv=None):
           f"batch {args.batch_size}, {args.optimizer} lr {lr:g} ({args.schedule}), "
           f"{args.epochs} epochs{f', augment {args.augment}' if args.augment else ''}, "
           f"seed {args.seed}")
+    for note in notes:
+        print(f"  {note}")
+    if stale:
+        print(f"  removed {len(stale)} temporary file(s) left by a killed run: "
+              f"{', '.join(os.path.basename(p) for p in stale)}")
+    # What this run has saved so far: only that may be offered for --resume.
+    saved_at = None
     if resume:
-        print(f"  resuming from {ckpt_file} after epoch {start_epoch}")
-    print(f"  writing {out}", flush=True)
+        saved_at = {"epoch": start_epoch, "step": position["step"] if position else 0}
+        if position:
+            print(f"  resuming from {ckpt_file} in {describe(saved_at, steps)}")
+        else:
+            print(f"  resuming from {ckpt_file} after epoch {start_epoch}")
 
     run_args = dict(vars(args), lr=lr, out=out)
     started = time.time()
+    every_kind, every = args.checkpoint_every
+    last_save = time.monotonic()
+
+    def save_checkpoint(epochs_done, where):
+        nonlocal saved_at, last_save
+        opt_meta, opt_arrays = optimizer.state_dict()
+        write_output(ckpt_file, lambda: save_model(ckpt_file, model, checkpoint={
+            "epoch": epochs_done, "position": where, "args": run_args,
+            "optimizer": opt_meta, "rng": rng.bit_generator.state,
+            "model_rng": model.rng.bit_generator.state, "history": history,
+            "data_sha256": fingerprint}, optimizer_arrays=opt_arrays))
+        saved_at = {"epoch": epochs_done, "step": where["step"] if where else 0}
+        last_save = time.monotonic()
+
+    def on_step_end(epoch, done, position):
+        due = ((epoch * steps + done) % every == 0 if every_kind == "steps"
+               else time.monotonic() - last_save >= every)
+        if not due:
+            return
+        where = position()
+        # Never checkpoint a diverged model: the epoch's end reports it.
+        if np.isfinite(where["loss_sum"]) and all(
+                np.isfinite(param).all() for _, param, _, _ in model.parameters()):
+            save_checkpoint(epoch, where)
 
     def on_epoch_end(epoch, metrics):
         history.append(metrics)
-        opt_meta, opt_arrays = optimizer.state_dict()
-        save_model(ckpt_file, model, checkpoint={
-            "epoch": epoch + 1, "args": run_args, "optimizer": opt_meta,
-            "rng": rng.bit_generator.state, "model_rng": model.rng.bit_generator.state,
-            "history": history}, optimizer_arrays=opt_arrays)
+        save_checkpoint(epoch + 1, None)
+
+    def saved_text():
+        if saved_at is None:
+            return (f"this run saved no checkpoint yet, so there is nothing to resume"
+                    + (f" ({ckpt_file} is an earlier run's)" if os.path.exists(ckpt_file)
+                       else ""))
+        return f"{describe(saved_at, steps)} is saved in {ckpt_file}; continue with: " \
+               f"{resume_command(ckpt_file)}"
 
     from cnn.backends import get_backend as _ops
     loss_fn = _ops(args.backend).softmax_cross_entropy
@@ -222,39 +473,42 @@ def main(argv=None):
                 "flip": args.augment != "shift", "fill": normalizer.background}
                if args.augment else None)
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
-    if start_epoch >= args.epochs:
-        print(f"  the checkpoint already holds {start_epoch} epochs; nothing to train "
-              f"(raise --epochs to continue)")
     try:
+        print(f"  writing {out}", flush=True)
+        if start_epoch >= args.epochs:
+            print(f"  the checkpoint already holds {start_epoch} epochs; nothing to train "
+                  f"(raise --epochs to continue)")
         fit(model, loss_fn, optimizer, schedule, (x_train, tr_y), (x_val, va_y),
             epochs=args.epochs, batch_size=args.batch_size, rng=rng, start_epoch=start_epoch,
-            augment=augment, on_epoch_end=on_epoch_end, progress=progress)
+            position=position, augment=augment, on_epoch_end=on_epoch_end,
+            on_step_end=on_step_end, progress=progress)
+
+        test_loss, test_acc = evaluate_logits(model, x_test, data.test_labels)
+        summary = {
+            "arch": args.arch, "epochs": len(history), "test_accuracy": test_acc,
+            "test_loss": test_loss,
+            "val_accuracy": history[-1]["val_acc"] if history else None,
+            "train_accuracy": history[-1]["acc"] if history else None,
+            "dataset": data.name, "train_images": len(x_train),
+            "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size,
+            "augment": args.augment, "seed": args.seed, "backend": model.backend,
+            "threads": threads, "seconds": round(time.time() - started, 1),
+            "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "cnn_version": __version__,
+        }
+        write_output(out, lambda: save_model(out, model, summary))
+        hist_file, png_file = sidecar(out, ".history.json"), sidecar(out, ".png")
+        write_output(hist_file, lambda: atomic_write(hist_file, lambda f: f.write(json.dumps(
+            {"summary": summary, "history": history}, indent=2).encode())))
+        write_output(png_file, lambda: plot_history(history, png_file))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the last finished epoch is saved in {ckpt_file}; "
-              f"continue with --resume", file=sys.stderr)
+        print(f"\ninterrupted: {saved_text()}", file=sys.stderr)
         return 130
+    except OutputError as exc:
+        return fail(f"{exc}; {saved_text()}", IO_ERROR)
     except FloatingPointError as exc:
         return fail(str(exc), 1)
-
-    test_loss, test_acc = evaluate_logits(model, x_test, data.test_labels)
-    summary = {
-        "arch": args.arch, "epochs": len(history), "test_accuracy": test_acc,
-        "test_loss": test_loss,
-        "val_accuracy": history[-1]["val_acc"] if history else None,
-        "train_accuracy": history[-1]["acc"] if history else None,
-        "dataset": data.name, "train_images": len(x_train),
-        "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size,
-        "augment": args.augment, "seed": args.seed, "backend": model.backend,
-        "threads": threads, "seconds": round(time.time() - started, 1),
-        "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"),
-        "cnn_version": __version__,
-    }
-    save_model(out, model, summary)
-    hist_file, png_file = sidecar(out, ".history.json"), sidecar(out, ".png")
-    atomic_write(hist_file, lambda f: f.write(json.dumps(
-        {"summary": summary, "history": history}, indent=2).encode()))
-    plot_history(history, png_file)
     print(f"test_loss: {test_loss:.4f} - test_acc: {test_acc:.4f}")
     print(f"saved {out} (history {hist_file}, curves {png_file})")
     return 0

@@ -1,5 +1,10 @@
 """The training loop: epochs of minibatch SGD with validation, progress output
-and a callback at the end of each epoch (where the CLI checkpoints).
+and callbacks after each step and each epoch (where the CLI checkpoints).
+
+A run can stop and continue anywhere: the loop's whole state is the model, the
+optimizer, the shuffling RNG and, mid-epoch, a small JSON-able ``position``
+(the RNG state the epoch's batch order was drawn from, the steps done and the
+running metrics), so a resumed run computes the same numbers bit for bit.
 
 Progress looks like Keras's ``fit``: a live tqdm bar with ETA and running
 loss/accuracy on a terminal, one line per epoch otherwise:
@@ -37,13 +42,19 @@ def format_metrics(metrics):
 
 
 def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, rng,
-        start_epoch=0, augment=None, on_epoch_end=None, progress=None, stream=sys.stdout):
+        start_epoch=0, position=None, augment=None, on_epoch_end=None, on_step_end=None,
+        progress=None, stream=sys.stdout):
     """Train ``model`` from ``start_epoch`` to ``epochs``.
 
     train, val: (x normalised float32 (N, C, H, W), y int64 (N,)).
     loss_fn(logits, labels) -> (loss, dlogits); schedule(progress_in_epochs) -> lr.
     augment: None or dict(shift=, flip=, fill=) for cnn.data.augment.
     on_epoch_end(epoch_index, metrics) runs after each epoch (checkpointing).
+    on_step_end(epoch_index, steps_done, position) runs after every step but an
+    epoch's last; ``position()`` is the mid-epoch state to save with the model,
+    optimizer and ``rng`` (call it only when saving: it copies the RNG state).
+    position: such a saved state to continue from (``rng`` must hold the state
+    saved with it); the run restarts at its epoch and step.
     progress: True for a live bar, False for one line per epoch, None to pick by
     whether ``stream`` is a terminal. Returns the list of per-epoch metrics.
     """
@@ -52,18 +63,36 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
     steps = (n + batch_size - 1) // batch_size
     if progress is None:
         progress = hasattr(stream, "isatty") and stream.isatty()
+    if position is not None:
+        start_epoch = int(position["epoch"])
+        if not 0 < int(position["step"]) < steps:
+            raise ValueError(f"the saved position (step {position['step']}) is not inside "
+                             f"an epoch of {steps} steps")
     history = []
     for epoch in range(start_epoch, epochs):
         start = time.perf_counter()
-        order = rng.permutation(n)
-        seen = correct = 0
-        loss_sum = 0.0
+        resumed = position if (position is not None and epoch == start_epoch) else None
+        epoch_rng = rng.bit_generator.state
+        if resumed:
+            # Redraw the epoch's batch order from the state it was drawn from,
+            # then go on from where the saved run's draws had got to.
+            epoch_rng, now = resumed["epoch_rng"], rng.bit_generator.state
+            rng.bit_generator.state = epoch_rng
+            order = rng.permutation(n)
+            rng.bit_generator.state = now
+            first_step, seen, correct = int(resumed["step"]), int(resumed["seen"]), \
+                int(resumed["correct"])
+            loss_sum, time_before = float(resumed["loss_sum"]), float(resumed["time"])
+        else:
+            order = rng.permutation(n)
+            first_step = seen = correct = 0
+            loss_sum, time_before = 0.0, 0.0
         bar = None
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch",
-                       file=stream, leave=True, dynamic_ncols=True)
-        for step in range(steps):
+            bar = tqdm(total=steps, initial=first_step, desc=f"Epoch {epoch + 1}/{epochs}",
+                       unit="batch", file=stream, leave=True, dynamic_ncols=True)
+        for step in range(first_step, steps):
             lr = schedule(epoch + step / steps)
             optimizer.lr = lr
             idx = order[step * batch_size:(step + 1) * batch_size]
@@ -81,6 +110,13 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
                 bar.update(1)
                 if step % 20 == 0 or step == steps - 1:
                     bar.set_postfix_str(f"loss: {loss_sum / seen:.4f} - acc: {correct / seen:.4f}")
+            if on_step_end is not None and step < steps - 1:
+                def here(epoch=epoch, done=step + 1, epoch_rng=epoch_rng, seen=seen,
+                         correct=correct, loss_sum=float(loss_sum)):
+                    return {"epoch": epoch, "step": done, "epoch_rng": epoch_rng,
+                            "seen": seen, "correct": correct, "loss_sum": loss_sum,
+                            "time": time_before + time.perf_counter() - start}
+                on_step_end(epoch, step + 1, here)
         # The loss of a step is computed before its update, so also check the
         # parameters: the last update of the epoch can make them NaN/inf.
         bad = [key for key, param, _, _ in model.parameters() if not np.isfinite(param).all()]
@@ -91,7 +127,7 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
                 f"parameters {bad} are not finite"
             raise FloatingPointError(f"training diverged in epoch {epoch + 1} ({what}): "
                                      f"lower --lr")
-        train_time = time.perf_counter() - start
+        train_time = time_before + time.perf_counter() - start
         val_loss, val_acc = evaluate_logits(model, *val)
         metrics = {"epoch": epoch + 1, "loss": loss_sum / seen, "acc": correct / seen,
                    "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.lr,
