@@ -60,12 +60,15 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 
 # PYTHONUNBUFFERED: logs reach `docker logs` at once. MPLBACKEND: training
-# draws its learning curves without a display.
+# draws its learning curves without a display. CNN_BIND: gunicorn.conf.py
+# binds loopback unless told otherwise; in a container the port is only
+# reachable once published, so listen on all of the container's interfaces.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLBACKEND=Agg \
-    CNN_MODEL_DIR=/models
+    CNN_MODEL_DIR=/models \
+    CNN_BIND=0.0.0.0:8000
 
 # Non-root user; /models belongs to it so that a named volume mounted there
 # starts out writable by it (Docker copies the mount point's ownership into an

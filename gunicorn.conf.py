@@ -4,9 +4,11 @@
 
 Environment knobs (all optional):
 
-    CNN_BIND       address to listen on                  (default 0.0.0.0:8000)
+    CNN_BIND       address to listen on                  (default 127.0.0.1:8000)
     CNN_WORKERS    worker processes                      (default min(cores, 4))
     CNN_THREADS    kernel (OpenMP) threads per worker     (default cores // workers, >= 1)
+    CNN_KEEPALIVE  seconds to send a request's headers    (default 5)
+    CNN_WORKER_CONNECTIONS  open connections per worker  (default 1000)
     GUNICORN_CMD_ARGS  any other gunicorn flag, e.g. "--threads 8 --timeout 120"
 
 This file is run by the gunicorn master before any worker exists. It must stay
@@ -68,9 +70,13 @@ CORES = _cores()
 
 # --------------------------------------------------------------------- socket
 
-# Where to listen. 0.0.0.0 so the port can be published from a container; set
-# CNN_BIND=127.0.0.1:PORT for loopback-only runs (tests, benchmarks).
-bind = os.environ.get("CNN_BIND", "0.0.0.0:8000")
+# Where to listen: loopback by default, so a bare `gunicorn ...` on a laptop or
+# server is not reachable from the network until you say so. The Dockerfile
+# and docker-compose.yml set CNN_BIND=0.0.0.0:8000 explicitly (a container's
+# port is only reachable once published). To restrict callers on a public
+# bind, set CNN_API_TOKEN (service.auth) and/or put the nginx of
+# docker-compose.yml in front.
+bind = os.environ.get("CNN_BIND", "127.0.0.1:8000")
 
 # ------------------------------------------------------------------- workers
 
@@ -83,22 +89,30 @@ bind = os.environ.get("CNN_BIND", "0.0.0.0:8000")
 # 2-core reference machine this gives 2 workers x 1 kernel thread.
 workers = _positive_int_env("CNN_WORKERS", max(1, min(CORES, 4)))
 
-# gthread: each worker serves several connections with a small thread pool.
-# The threads let keep-alive connections and slow clients wait without
-# blocking a whole process, and keep /health, /ready and /metrics answering
-# while a big batch is being predicted. The forward passes of one model in one
-# worker run one at a time anyway (service/models.py holds a lock per model),
-# so the kernel-thread budget below is not multiplied by these threads, and a
-# few are enough: more would only queue more requests inside one worker.
-worker_class = "gthread"
-threads = 4
+# gevent: every connection of a worker is a greenlet, so a client that sends
+# its request slowly, or opens a connection and sends nothing, costs a few KiB
+# of memory, not a worker or a thread. With the threaded worker (gthread, 4
+# threads) 10 connections trickling one header line every 2 s took the
+# service offline: 0 of the /health and /predict probes answered within 5 s
+# (benchmarks/slow_clients.py). The CPU work does not run on the event loop:
+# the forward pass goes to a real thread (service.offload) while the loop
+# keeps answering, and one forward pass runs at a time per worker
+# (service.models holds a lock per worker), so the kernel-thread budget below
+# is not multiplied by the connections. gunicorn monkey-patches the worker
+# before it imports the app (preload_app = False below), so the app's sockets
+# and locks are gevent's.
+worker_class = "gevent"
+
+# Open connections per worker; past it, new ones wait in the listen backlog.
+worker_connections = _positive_int_env("CNN_WORKER_CONNECTIONS", 1000)
 
 # ------------------------------------------------------------------ timeouts
 
 # A worker whose main loop has not checked in for this many seconds is killed
-# and replaced. With gthread the heartbeat comes from the main loop, not from
-# the request threads, so this bounds hangs (a stuck worker), not slow
-# predictions; 60 s leaves room for a cold model load on a slow disk.
+# and replaced. The heartbeat comes from a greenlet of the event loop, which
+# keeps running while a forward pass is in its thread (service.offload), so
+# this bounds hangs (a stuck worker), not slow predictions or slow clients;
+# 60 s leaves room for a cold model load on a slow disk.
 timeout = 60
 
 # On SIGTERM (docker stop, Ctrl-C, a max_requests restart) workers stop
@@ -107,11 +121,16 @@ timeout = 60
 # stop_grace_period: 30s on the api service; Docker's default is only 10 s).
 graceful_timeout = 20
 
-# Seconds an idle keep-alive connection is held open. Clients that batch many
-# requests (benchmarks/serve.py, a gateway) reuse connections; 5 s covers the
-# gaps between their requests without hoarding threads for idle clients. Put
-# it above any load balancer's idle timeout if one sits in front.
-keepalive = 5
+# Seconds a client has to send a request's headers, counted from the
+# connection's start or the end of the previous answer on a kept-alive
+# connection: the gevent worker reads each request line and header block under
+# a timer of this length, then closes the connection. So an idle connection,
+# or one trickling its headers, is dropped after 5 s. The body then has
+# CNN_BODY_TIMEOUT seconds (service.body, default 20), and an answer to a
+# client that does not read it is bounded by the same socket timeout. Clients
+# that batch many requests reuse connections within the 5 s; a load balancer
+# in front should use a shorter idle timeout than this.
+keepalive = _positive_int_env("CNN_KEEPALIVE", 5)
 
 # -------------------------------------------------------- worker recycling
 

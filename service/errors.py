@@ -1,7 +1,8 @@
 """Every error is JSON: ``{"error": "<what went wrong>", ...}`` with its status.
 
-* :class:`ApiError` is raised by the views for bad requests (400, 404, 413, 415,
-  503); extra keyword arguments are added to the body (``errors`` for the
+* :class:`ApiError` is raised by the views for bad requests (400, 401, 404,
+  408, 413, 415, 503); ``headers`` go on the answer (``WWW-Authenticate`` on
+  401) and extra keyword arguments are added to the body (``errors`` for the
   per-image list of ``/predict``).
 * Werkzeug's HTTP exceptions (unknown URL 404, wrong method 405 with its
   ``Allow`` header, body over ``MAX_CONTENT_LENGTH`` 413, ...) get the same shape.
@@ -13,10 +14,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 
 class ApiError(Exception):
-    def __init__(self, status, message, **extra):
+    def __init__(self, status, message, headers=None, **extra):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -29,7 +31,7 @@ def error_response(status, message, headers=None, **extra):
 
 
 def handle_api_error(exc):
-    return error_response(exc.status, exc.message, **exc.extra)
+    return error_response(exc.status, exc.message, exc.headers, **exc.extra)
 
 
 def handle_http_exception(exc):
