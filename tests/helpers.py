@@ -96,3 +96,37 @@ def check_gradients(forward, backward, args, wrt, seed=0, rtol=1e-5, atol=1e-7):
         expected = numerical_gradient(f, args[index].copy(), dout)
         np.testing.assert_allclose(grad, expected, rtol=rtol, atol=atol,
                                    err_msg=f"gradient of argument {index}")
+
+
+class NaNFilledNumPy:
+    """numpy, except that empty() and empty_like() hand out arrays filled with NaN
+    (integers: the most negative value). The compiled kernels' wrappers allocate
+    their outputs with np.empty; with this in place of their ``np``, an element a
+    kernel forgot to write is NaN every time, not only when the allocator happens
+    to return dirty memory."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def _poison(a):
+        a.fill(np.nan if a.dtype.kind in "fc" else np.iinfo(a.dtype).min)
+        return a
+
+    def empty(self, *args, **kwargs):
+        return self._poison(np.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(np.empty_like(*args, **kwargs))
+
+
+KERNEL_MODULES = ("cnn._conv", "cnn._conv_relu_pool", "cnn._pool", "cnn._relu", "cnn._dense",
+                  "cnn._softmax", "cnn._batchnorm")
+
+
+def poison_kernel_outputs(monkeypatch):
+    """Make every compiled kernel module allocate with NaNFilledNumPy (undone by
+    ``monkeypatch`` at the end of the test)."""
+    import importlib
+    for name in KERNEL_MODULES:
+        monkeypatch.setattr(importlib.import_module(name), "np", NaNFilledNumPy())
