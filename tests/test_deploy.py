@@ -250,7 +250,7 @@ def test_schema_rejects_a_broken_compose_file(compose):
 
 def test_services_and_dependency(compose):
     services = compose["services"]
-    assert {"train", "api"} <= set(services)
+    assert {"train", "api", "proxy"} <= set(services)
     assert services["api"]["depends_on"]["train"]["condition"] == \
         "service_completed_successfully"
     assert "models" in compose.get("volumes", {})
@@ -286,16 +286,50 @@ def test_train_output_lands_in_the_models_volume_the_api_reads(compose):
     assert out.endswith(".npz")
 
 
-def test_published_port_is_gunicorns_bind_port(compose, monkeypatch):
-    api = compose["services"]["api"]
+def nginx_conf():
+    return (ROOT / "deploy" / "nginx.conf").read_text()
+
+
+def nginx_setting(name):
+    m = re.search(rf"^\s*{name}\s+([^;]+);", nginx_conf(), re.M)
+    assert m, f"deploy/nginx.conf has no {name}"
+    return m.group(1).strip()
+
+
+def nginx_seconds(value):
+    m = re.fullmatch(r"(\d+)s?", value)
+    assert m, value
+    return int(m.group(1))
+
+
+def test_the_proxy_publishes_the_port_and_forwards_to_gunicorns_bind(compose, monkeypatch):
+    api, proxy = compose["services"]["api"], compose["services"]["proxy"]
     env = {k: str(v) for k, v in api.get("environment", {}).items() if k == "CNN_BIND"}
     _, cfg = load_gunicorn_conf(monkeypatch, **env)
     [bind] = cfg.bind
-    ports = [str(p) for p in api["ports"]]
-    assert len(ports) == 1, ports
-    container_port = int(ports[0].split(":")[-1].split("/")[0])
-    assert container_port == bind_port(bind)
     assert bind.startswith("0.0.0.0:"), "in a container gunicorn must listen on all interfaces"
+    assert "ports" not in api, "the api is reached through the proxy only"
+    assert [int(str(p)) for p in api["expose"]] == [bind_port(bind)]
+    [published] = [str(p) for p in proxy["ports"]]
+    listen = int(nginx_setting("listen").split()[0])
+    assert int(published.split(":")[-1].split("/")[0]) == listen
+    assert nginx_setting("server") == f"api:{bind_port(bind)}"
+    mounts = [str(v).split(":") for v in proxy["volumes"]]
+    assert ["./deploy/nginx.conf", "/etc/nginx/conf.d/default.conf", "ro"] in mounts
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_the_proxy_limits_match_the_service(monkeypatch):
+    from service.config import DEFAULTS
+    _, cfg = load_gunicorn_conf(monkeypatch)
+    size = nginx_setting("client_max_body_size")
+    assert size.endswith("m") and int(size[:-1]) * 1024 * 1024 == \
+        DEFAULTS["CNN_MAX_CONTENT_LENGTH"]
+    assert f"{DEFAULTS['CNN_MAX_CONTENT_LENGTH']:,} bytes" in nginx_conf()
+    assert nginx_seconds(nginx_setting("client_body_timeout")) == DEFAULTS["CNN_BODY_TIMEOUT"]
+    assert nginx_seconds(nginx_setting("client_header_timeout")) == cfg.keepalive
+    assert nginx_seconds(nginx_setting("proxy_read_timeout")) >= cfg.timeout
+    assert nginx_setting("proxy_request_buffering") == "on"
 
 
 def test_api_healthcheck_asks_an_existing_route_on_the_bind_port(compose, app_routes):
@@ -459,8 +493,8 @@ def test_dockerignore_matcher_follows_docker_rules():
 
 def test_gunicorn_conf_defaults(monkeypatch):
     ns, cfg = load_gunicorn_conf(monkeypatch)
-    assert cfg.bind == ["0.0.0.0:8000"]
-    assert cfg.worker_class_str == "gthread" and cfg.threads >= 2
+    assert cfg.bind == ["127.0.0.1:8000"]   # loopback unless told (containers set it)
+    assert cfg.worker_class_str == "gevent" and cfg.worker_connections >= 100
     assert cfg.workers == max(1, min(ns["CORES"], 4))
     assert cfg.preload_app is False
     assert cfg.timeout > 0 and 0 < cfg.graceful_timeout and cfg.keepalive > 0
