@@ -55,7 +55,7 @@ import logging
 from flask import Flask, Request
 from werkzeug.datastructures import ImmutableMultiDict
 
-from service import api, errors, metrics, v2, web
+from service import api, errors, metrics, openapi, v2, web
 from service.config import load_config
 from service.models import ModelRegistry
 
@@ -133,4 +133,5 @@ def create_app(test_config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     return app

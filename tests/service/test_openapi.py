@@ -1,0 +1,198 @@
+"""GET /openapi.json: the OpenAPI 3 description of the service, kept true.
+
+* the document is valid OpenAPI 3.0 (openapi-spec-validator);
+* it lists exactly the app's URL rules and methods (both ways);
+* schemathesis fuzzes the app in-process (WSGI) against it: a bounded number
+  of examples per operation, no 500, every answer's status code, Content-Type
+  and body as documented. The service serves the tiny model as ``convnet``,
+  the name the document's examples use, so the examples reach the 200s.
+"""
+import collections
+import io
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+schemathesis = pytest.importorskip("schemathesis")
+from schemathesis import checks as st_checks  # noqa: E402
+
+# every response as the document says (with no 500, asserted apart: schemathesis's
+# not_a_server_error would also count the documented 503s)
+CHECKS = [st_checks.status_code_conformance, st_checks.content_type_conformance,
+          st_checks.response_schema_conformance, st_checks.response_headers_conformance]
+# per operation; CNN_FUZZ_EXAMPLES=500 for a longer local hunt
+MAX_EXAMPLES = int(os.environ.get("CNN_FUZZ_EXAMPLES", 25))
+
+
+@st.composite
+def npy_files(draw):
+    """Bytes of np.save'd arrays: mostly images of the served shape, some other
+    shapes and dtypes, some cut short (schemathesis cannot make these itself)."""
+    n = draw(st.integers(1, 3))
+    shape = draw(st.sampled_from([(28, 28), (n, 28, 28), (n, 1, 28, 28), (n, 3, 28, 28),
+                                  (n, 27, 28), (0, 28, 28), (n,)]))
+    dtype = draw(st.sampled_from(["u1", "f4", "f8", "i2", "?", "c8"]))
+    elements = st.floats(-1, 300, width=32) if dtype[0] == "f" else None
+    array = draw(hnp.arrays(np.dtype(dtype), shape, elements=elements))
+    buf = io.BytesIO()
+    np.save(buf, array)
+    data = buf.getvalue()
+    return data[:draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+
+
+schemathesis.openapi.media_type("application/x-npy", npy_files())
+STATUSES = collections.Counter()  # (operation, body type, status) of every fuzz request
+
+
+TOKEN = "fuzz-token"
+
+
+@pytest.fixture
+def fuzz_models(tmp_path, tiny_weights):
+    """The tiny model as ``convnet`` (the name of the document's examples) and a
+    file that fails to load (``broken``: its 503s and the ``failed`` lists)."""
+    folder = tmp_path / "fuzz-models"
+    folder.mkdir()
+    shutil.copy(tiny_weights, folder / "convnet.npz")
+    (folder / "broken.npz").write_bytes(b"not a weights file")
+    return folder
+
+
+@pytest.fixture
+def fuzz_app(make_app, fuzz_models):
+    # small limits, so that generated bodies reach the 413s
+    return make_app(fuzz_models, CNN_API_TOKEN=TOKEN, CNN_MAX_IMAGES=4,
+                    CNN_MAX_CONTENT_LENGTH=256 * 1024)
+
+
+@pytest.fixture
+def document(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+def test_document_is_valid_openapi(document):
+    # schemathesis checks it against the official OpenAPI 3.0 JSON Schema
+    schemathesis.openapi.from_dict(document).validate()
+    assert document["openapi"].startswith("3.0")
+    del document["paths"]["/health"]["get"]["responses"]["200"]["description"]
+    with pytest.raises(Exception, match="not valid"):
+        schemathesis.openapi.from_dict(document).validate()
+
+
+def _flask_routes(app):
+    """{(OpenAPI path, method)} of the app's URL rules (HEAD and OPTIONS are Flask's own)."""
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":  # Flask's default static route: no static files here
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        routes |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    return routes
+
+
+def test_document_lists_every_route_and_no_other(app, document):
+    documented = {(path, method) for path, item in document["paths"].items()
+                  for method in item if method != "parameters"}
+    routes = _flask_routes(app)
+    assert routes - documented == set(), "routes missing from the OpenAPI document"
+    assert documented - routes == set(), "documented operations the app does not have"
+
+
+def test_every_path_parameter_is_declared(document):
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path)), (method, path)
+
+
+def test_health_endpoints_need_no_token(document):
+    open_paths = {path for path, item in document["paths"].items()
+                  if item["get" if "get" in item else "post"].get("security") == []}
+    assert open_paths == {"/health", "/ready", "/v2/health/live", "/v2/health/ready",
+                          "/openapi.json"}
+    assert document["security"] == [{"bearerAuth": []}]
+    for path, item in document["paths"].items():
+        for op in item.values():
+            assert ("401" in op["responses"]) == (path not in open_paths), path
+
+
+@pytest.fixture
+def api_schema(fuzz_app):
+    return schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
+def test_fuzz(case):
+    # with the token: the fuzz reaches the views (the 401s are checked below)
+    response = case.call(headers={"Authorization": f"Bearer {TOKEN}"})
+    STATUSES[case.operation.label, case.media_type, response.status_code] += 1
+    assert response.status_code != 500, response.text
+    case.validate_response(response, checks=CHECKS)
+
+
+def _plain_case(operation, document, name):
+    """A case of ``operation`` with the document's own example body."""
+    path_parameters = {p: v for p, v in (("name", name), ("version", "v1"))
+                       if "{%s}" % p in operation.path}
+    if operation.method.upper() != "POST":
+        return operation.Case(path_parameters=path_parameters)
+    content = document["paths"][operation.path]["post"]["requestBody"]["content"]
+    json_body = content["application/json"]
+    body = json_body.get("example") or json_body["examples"]["pixels"]["value"]
+    return operation.Case(path_parameters=path_parameters, body=body,
+                          media_type="application/json")
+
+
+OPEN_OPERATIONS = {"GET /health", "GET /ready", "GET /v2/health/live", "GET /v2/health/ready"}
+
+
+def test_without_the_token_secured_operations_answer_the_documented_401(fuzz_app):
+    api = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
+    document = fuzz_app.test_client().get("/openapi.json").get_json()
+    statuses = {}
+    for result in api.get_all_operations():
+        operation = result.ok()
+        case = _plain_case(operation, document, "convnet")
+        response = case.call()
+        statuses[operation.label] = response.status_code
+        case.validate_response(response, checks=CHECKS)
+        if response.status_code == 401:
+            assert response.headers["www-authenticate"][0].startswith("Bearer ")
+    assert {label for label, status in statuses.items() if status != 401} \
+        == OPEN_OPERATIONS, statuses
+
+
+def test_the_documented_503s_when_the_model_failed_to_load(make_app, tmp_path):
+    folder = tmp_path / "only-broken"
+    folder.mkdir()
+    (folder / "broken.npz").write_bytes(b"not a weights file")
+    app = make_app(folder)
+    api = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    document = app.test_client().get("/openapi.json").get_json()
+    statuses = {}
+    for result in api.get_all_operations():
+        operation = result.ok()
+        case = _plain_case(operation, document, "broken")
+        response = case.call()
+        statuses[operation.label] = response.status_code
+        case.validate_response(response, checks=CHECKS)
+    answered_503 = {label for label, status in statuses.items() if status == 503}
+    assert answered_503 == {label for label, status in statuses.items()
+                            if label not in {"GET /", "GET /health", "GET /metrics",
+                                             "GET /models", "GET /v2", "GET /v2/",
+                                             "GET /v2/health/live"}}, statuses
