@@ -106,8 +106,8 @@ def has_position(path):
 # ------------------------------------------------------------------ --resume settings
 
 
-def test_resume_keeps_the_runs_settings_and_rejects_conflicting_flags(workdir, monkeypatch,
-                                                                       capsys):
+def test_resume_keeps_the_runs_settings_and_rejects_conflicting_flags(workdir, make_idx_dir,
+                                                                       monkeypatch, capsys):
     ok(train(workdir, "--limit", 200, "--batch-size", 32, "--epochs", 2, "--schedule", "step",
              "--out", "run/m.npz"))
 
@@ -137,8 +137,9 @@ def test_resume_keeps_the_runs_settings_and_rejects_conflicting_flags(workdir, m
     assert not (workdir / "other.npz").exists()
     assert (workdir / "run/m.npz").read_bytes() == before
     # The same values as the run's are fine.
-    ok(train(workdir, "--resume", "--out", "run/m.npz", "--limit", 200, "--epochs", 2,
-             "--data-dir", "data", common=False))
+    assert cnn.train.main(["--resume", "--out", "run/m.npz", "--limit", "200", "--epochs",
+                           "2", "--data-dir", "data", "--progress", "lines"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
 
     # Extending is explicit, and says that the schedule changes.
     out = ok(train(workdir, "--resume", "--out", "run/m.npz", "--epochs", 3, common=False))
@@ -147,12 +148,27 @@ def test_resume_keeps_the_runs_settings_and_rejects_conflicting_flags(workdir, m
     assert checkpoint(workdir / "run/m.ckpt")["args"]["epochs"] == 3
 
     # Other training data under the same settings: not the run's data.
-    (workdir / "data2").mkdir()
-    from tests.conftest import make_idx_folder
-    make_idx_folder(workdir / "data2", n_train=240, n_test=40, seed=1)
-    proc = train(workdir, "--resume", "--out", "run/m.npz", "--data-dir", "data2",
-                 common=False)
-    assert_clean_error(proc, "--data-dir", "not the ones")
+    make_idx_dir("data2", n_train=240, n_test=40, seed=1)
+    assert cnn.train.main(["--resume", "--out", "run/m.npz", "--data-dir", "data2"]) == 2
+    assert "--data-dir: the training images in" in capsys.readouterr().err
+
+
+def test_resume_with_more_epochs_equals_the_longer_run(workdir, procs):
+    """Constant learning rate: 1 epoch, then --resume --epochs 2 is the 2-epoch run."""
+    args = ["--limit", 200, "--batch-size", 16, "--schedule", "constant"]
+    procs.append(start(workdir, *args, "--epochs", 2, "--out", "ref/m.npz"))
+    assert "Epoch 1/1" in ok(train(workdir, *args, "--epochs", 1, "--out", "run/m.npz"))
+    out = ok(train(workdir, "--resume", "--out", "run/m.npz", "--epochs", 2, common=False))
+    assert "the learning rate is constant, so the schedule does not change" in out
+    assert "resuming from run/m.ckpt after epoch 1" in out
+    assert "Epoch 2/2" in out and "Epoch 1/2" not in out
+    history = json.loads((workdir / "run/m.history.json").read_text())
+    assert [h["epoch"] for h in history["history"]] == [1, 2]
+    assert history["summary"]["epochs"] == 2
+    assert procs[0].wait(timeout=120) == 0, procs[0].communicate()
+    assert_same_weights(workdir / "run/m.npz", workdir / "ref/m.npz")
+    ref = json.loads((workdir / "ref/m.history.json").read_text())["history"]
+    assert [h["loss"] for h in history["history"]] == [h["loss"] for h in ref]
 
 
 # ------------------------------------------------------------- checkpoints, kill -9
@@ -186,15 +202,21 @@ def test_kill_9_mid_epoch_then_resume_gives_the_same_weights(workdir, procs):
     assert [h["loss"] for h in history[0]] == [h["loss"] for h in history[1]]
 
 
-def test_checkpoint_every_steps_and_bad_values(workdir):
-    out = ok(train(workdir, "--limit", 60, "--batch-size", 4, "--epochs", 1,
-                   "--checkpoint-every", 5, "--out", "m.npz"))
-    assert "Epoch 1/1" in out
-    assert checkpoint(workdir / "m.ckpt")["position"] is None      # epoch end: finished
-    for bad in ("0", "-3", "abc", "5x", "0s", "nans"):
-        proc = train(workdir, "--checkpoint-every", bad, "--out", "x.npz")
-        assert_clean_error(proc, "--checkpoint-every", repr(bad))
-    assert not (workdir / "x.npz").exists()
+@pytest.mark.parametrize("text, value", [("200", ("steps", 200)), ("30s", ("seconds", 30.0)),
+                                         ("1.5m", ("seconds", 90.0))])
+def test_checkpoint_every_values(text, value):
+    assert cnn.train.build_parser().parse_args(["--checkpoint-every", text]) \
+        .checkpoint_every == value
+    assert cnn.train.build_parser().parse_args([]).checkpoint_every == ("seconds", 60.0)
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "abc", "5x", "0s", "nans", "1.5", ""])
+def test_checkpoint_every_bad_values(bad, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cnn.train.main(["--checkpoint-every", bad])
+    assert exit.value.code == 2
+    assert f"argument --checkpoint-every: expected a number of steps" in \
+        capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ interrupts
@@ -219,7 +241,7 @@ def test_interrupt_names_only_what_this_run_saved(workdir, procs):
     assert (workdir / "run/m.ckpt").read_bytes() == earlier
 
     # Interrupted after a checkpoint within the epoch: the full command to continue.
-    proc = start(workdir, "--limit", 40, "--batch-size", 1, "--backend", "naive",
+    proc = start(workdir, "--limit", 24, "--batch-size", 1, "--backend", "naive",
                  "--epochs", 1, "--out", "run/m.npz", "--checkpoint-every", 3)
     procs.append(proc)
     wait_for(lambda: has_position(workdir / "run/m.ckpt"), proc)
@@ -237,29 +259,26 @@ def test_interrupt_names_only_what_this_run_saved(workdir, procs):
 # ------------------------------------------------------------------ the output
 
 
-def test_output_problems_are_found_before_training(workdir):
+def test_output_problems_are_found_before_training(workdir, monkeypatch, capsys):
     (workdir / "folder.npz").mkdir()
     (workdir / "a_file").write_text("")
     (workdir / "side").mkdir()
     (workdir / "side/m.ckpt").mkdir()
-    for out, words in [("folder.npz", ["folder.npz", "is a folder"]),
-                       ("side/", ["side/", "is a folder"]),
-                       ("a_file/m.npz", ["cannot write in", "a_file"]),
-                       ("side/m.npz", ["side/m.ckpt", "is a folder"])]:
-        proc = train(workdir, "--epochs", 1, "--out", out)
-        assert_clean_error(proc, *words)
-        assert "Epoch" not in proc.stdout
+    monkeypatch.chdir(workdir)
+    for out, words in [("folder.npz", ["--out: 'folder.npz' is a folder"]),
+                       ("side/", ["--out: 'side/' is a folder"]),
+                       ("a_file/m.npz", ["--out: cannot write in", "a_file"]),
+                       ("side/m.npz", ["'side/m.ckpt' (written beside 'side/m.npz') is a "
+                                       "folder"])]:
+        assert cnn.train.main([*COMMON, "--limit", "40", "--out", out]) == 2, out
+        captured = capsys.readouterr()
+        assert all(word in captured.err for word in words), (words, captured.err)
+        assert len(captured.err.splitlines()) == 1 and "Epoch" not in captured.out
     assert not (workdir / "side/m.npz").exists()
 
 
-def test_out_without_suffix_gets_npz(workdir):
-    out = ok(train(workdir, "--limit", 40, "--epochs", 1, "--out", "model"))
-    assert "--out model: writing model.npz (the service serves only *.npz files)" in out
-    assert (workdir / "model.npz").is_file() and (workdir / "model.ckpt").is_file()
-    assert not (workdir / "model").exists()
-
-
 def test_stale_temp_files_are_removed_and_live_ones_kept(workdir):
+    """Also: --out without .npz gets it (the service serves only *.npz files)."""
     run = workdir / "run"
     run.mkdir()
     old = time.time() - 3600
@@ -272,7 +291,10 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(workdir):
         path.write_bytes(b"partial")
         if path.name != ".m.ckpt.fresh123.tmp":
             os.utime(path, (old, old))
-    out = ok(train(workdir, "--limit", 40, "--epochs", 1, "--out", "run/m.npz"))
+    out = ok(train(workdir, "--limit", 40, "--epochs", 1, "--out", "run/m"))
+    assert "--out run/m: writing run/m.npz (the service serves only *.npz files)" in out
+    assert (run / "m.npz").is_file() and (run / "m.ckpt").is_file()
+    assert not (run / "m").exists()
     assert "removed 3 temporary file(s) left by a killed run" in out
     assert [p for p in stale if p.exists()] == []
     assert [p for p in keep if not p.exists()] == []

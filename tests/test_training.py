@@ -1,13 +1,8 @@
-"""The training loop on real Fashion-MNIST, determinism, divergence, and resuming
-``python -m cnn.train`` runs from checkpoints."""
+"""The training loop on real Fashion-MNIST, determinism, divergence, and
+continuing from a mid-epoch position (the CLI's resume: tests/test_train.py)."""
+import copy
 import io
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +10,8 @@ import pytest
 from cnn.architectures import build_architecture
 from cnn.backends import get_backend
 from cnn.data import DEFAULT_DATA_DIR, Normalizer, load_dataset
-from cnn.io import read_model_file
 from cnn.optim import SGD, Schedule, make_optimizer
 from cnn.training import evaluate_logits, fit
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def fashion():
@@ -78,22 +69,80 @@ def test_fit_learns_fashion_mnist(fashion):
     assert "loss: " in lines[1] and "val_acc: " in lines[1] and "lr: " in lines[1]
 
 
-def test_same_seed_and_threads_give_bit_identical_weights(fashion):
+@pytest.fixture(scope="module")
+def noise():
+    """Generated data in the fixture's format (no data set needed): 320 training
+    and 64 validation images of normalised noise, 10 classes."""
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((320, 1, 28, 28)).astype(np.float32),
+            "y": np.arange(320) % 10,
+            "test_x": rng.standard_normal((64, 1, 28, 28)).astype(np.float32),
+            "test_y": np.arange(64) % 10, "fill": -1.0}
+
+
+# Batch norm, dropout (the model's RNG) and augmentation (the loop's RNG).
+SPEC = "conv8k3p1-bn-relu-maxpool2-conv8k3-bn-relu-maxpool2-flatten-dropout0.3-dense10"
+AUGMENT = {"shift": 2, "flip": True}
+
+
+def test_same_seed_and_threads_give_bit_identical_weights(noise):
     """Batch norm, dropout and augmentation on two threads: every random draw comes
     from the seeds, so two runs agree bit for bit; another seed does not."""
-    spec = "conv8k3p1-bn-relu-maxpool2-conv8k3-bn-relu-maxpool2-flatten-dropout0.3-dense10"
-
     def train(seed):
-        model = build_architecture(spec).build(seed=0, threads=2)
-        history, _ = run_fit(model, fashion, 320, 1, seed=seed, loss_threads=2,
-                             augment={"shift": 2, "flip": True,
-                                      "fill": fashion["norm"].background})
+        model = build_architecture(SPEC).build(seed=0, threads=2)
+        history, _ = run_fit(model, noise, 320, 1, seed=seed, loss_threads=2,
+                             augment=dict(AUGMENT, fill=noise["fill"]))
         return model.state(), history
     (a, ha), (b, hb), (c, _) = train(5), train(5), train(6)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
     assert any(not np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_fit_continues_from_a_mid_epoch_position_bit_for_bit(noise):
+    """What the CLI checkpoints within an epoch (model, optimizer, both RNGs and
+    ``position``) is all the loop needs: continuing from it in a fresh model
+    gives the uninterrupted run's weights and metrics exactly."""
+    augment = dict(AUGMENT, fill=noise["fill"])
+    model = build_architecture(SPEC).build(seed=0, threads=SERIAL)
+    saved = {}
+
+    def snapshot(epoch, done, position):
+        if (epoch, done) == (1, 3):             # epoch 2 of 2, after its 3rd step
+            saved.update(position=position(), state=copy.deepcopy(model.state()),
+                         optimizer=copy.deepcopy(optimizer.state_dict()),
+                         rng=copy.deepcopy(rng.bit_generator.state),
+                         model_rng=copy.deepcopy(model.rng.bit_generator.state))
+    optimizer = make_optimizer("adam", model, 2e-3)
+    rng = np.random.default_rng(1)
+    ops = get_backend()
+    loss_fn = lambda z, y: ops.softmax_cross_entropy(z, y, threads=SERIAL)  # noqa: E731
+    train, val = (noise["x"], noise["y"]), (noise["test_x"], noise["test_y"])
+    common = dict(epochs=2, batch_size=64, augment=augment, progress=False)
+    history = fit(model, loss_fn, optimizer, Schedule(2e-3, "cosine", epochs=2), train, val,
+                  rng=rng, on_step_end=snapshot, stream=io.StringIO(), **common)
+    assert saved["position"]["step"] == 3 and saved["position"]["epoch"] == 1
+
+    resumed = build_architecture(SPEC).build(seed=0, threads=SERIAL)
+    resumed.load_state(saved["state"])
+    resumed.rng.bit_generator.state = saved["model_rng"]
+    opt2 = make_optimizer("adam", resumed, 2e-3)
+    opt2.load_state_dict(*saved["optimizer"])
+    rng2 = np.random.default_rng(1)
+    rng2.bit_generator.state = saved["rng"]
+    stream = io.StringIO()
+    history2 = fit(resumed, loss_fn, opt2, Schedule(2e-3, "cosine", epochs=2), train, val,
+                   rng=rng2, position=saved["position"], stream=stream, **common)
+    assert stream.getvalue().startswith("Epoch 2/2 - ") and "Epoch 1/" not in stream.getvalue()
+    for key, value in model.state().items():
+        np.testing.assert_array_equal(resumed.state()[key], value, err_msg=key)
+    assert history2[0]["loss"] == history[1]["loss"] and history2[0]["acc"] == history[1]["acc"]
+
+    bad = dict(saved["position"], step=5)    # an epoch of 5 steps has no position 5
+    with pytest.raises(ValueError, match="step 5"):
+        fit(resumed, loss_fn, opt2, Schedule(2e-3), train, val, rng=rng2, position=bad,
+            stream=io.StringIO(), **common)
 
 
 def test_divergence_raises_floating_point_error(fashion):
@@ -151,128 +200,3 @@ def test_evaluate_logits(fashion):
     # no validation set: no numbers (None, as JSON has no NaN)
     assert evaluate_logits(model, fashion["test_x"][:0], fashion["test_y"][:0]) == \
         (None, None)
-
-
-# --------------------------------------------------------------------------- resume (CLI)
-
-
-def cli_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    for key in ("CNN_BACKEND", "CNN_NUM_THREADS"):
-        env.pop(key, None)
-    return env
-
-
-COMMON = ["--arch", "lenet5", "--progress", "lines", "--threads", str(SERIAL)]
-
-
-def train_cli(cwd, *args, timeout=120):
-    proc = subprocess.run([sys.executable, "-m", "cnn.train", *COMMON, *args], cwd=cwd,
-                          env=cli_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
-def weights(path):
-    return {k: v for k, v in read_model_file(path)[1].items() if k.startswith("param/")}
-
-
-def assert_same_weights(a, b):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys() and wa
-    for key in wa:
-        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
-
-
-@pytest.fixture
-def start_reference():
-    """start_reference(cwd, *args): an uninterrupted run in the background while the
-    test goes on; killed at the end of the test if it is still running."""
-    procs = []
-
-    def start(cwd, *args):
-        proc = subprocess.Popen([sys.executable, "-m", "cnn.train", *COMMON, *args],
-                                cwd=cwd, env=cli_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        procs.append(proc)
-        return proc
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def finish(proc, timeout=120):
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
-
-
-@pytest.mark.skipif(not os.path.isdir(DEFAULT_DATA_DIR), reason="no Fashion-MNIST")
-def test_resume_continues_where_the_first_run_stopped(tmp_path, start_reference):
-    # constant lr: with the default cosine schedule the first run (--epochs 1)
-    # anneals to zero over one epoch, so it cannot equal the first epoch of a
-    # 2-epoch run; the schedule is a function of --epochs by design.
-    args = ["--limit", "500", "--schedule", "constant"]
-    reference = start_reference(tmp_path, *args, "--epochs", "2", "--out", "ref/m.npz")
-    first = train_cli(tmp_path, *args, "--epochs", "1", "--out", "tmp/m.npz")
-    assert "Epoch 1/1" in first
-    assert read_model_file(tmp_path / "tmp/m.ckpt")[0]["checkpoint"]["epoch"] == 1
-
-    second = train_cli(tmp_path, "--limit", "500", "--resume", "--epochs", "2",
-                       "--out", "tmp/m.npz")
-    assert "resuming from tmp/m.ckpt after epoch 1" in second
-    assert "Epoch 2/2" in second and "Epoch 1/2" not in second
-    history = json.loads((tmp_path / "tmp/m.history.json").read_text())
-    assert [h["epoch"] for h in history["history"]] == [1, 2]
-    assert history["summary"]["epochs"] == 2
-    ckpt = read_model_file(tmp_path / "tmp/m.ckpt")[0]["checkpoint"]
-    assert ckpt["epoch"] == 2 and len(ckpt["history"]) == 2
-    assert ckpt["args"]["schedule"] == "constant"       # kept from the first run
-
-    ref_out = finish(reference)
-    assert "Epoch 1/2" in ref_out and "Epoch 2/2" in ref_out
-    # bit-identical: same seed, same threads, model/optimizer/RNG state restored
-    assert_same_weights(tmp_path / "tmp/m.npz", tmp_path / "ref/m.npz")
-    ref_history = json.loads((tmp_path / "ref/m.history.json").read_text())["history"]
-    assert [h["loss"] for h in history["history"]] == [h["loss"] for h in ref_history]
-
-
-@pytest.mark.skipif(not os.path.isdir(DEFAULT_DATA_DIR), reason="no Fashion-MNIST")
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, start_reference):
-    # small batches: many steps per epoch, so there is time to interrupt epoch 2
-    args = ["--limit", "500", "--batch-size", "8", "--epochs", "3"]
-    reference = start_reference(tmp_path, *args, "--out", "ref/m.npz")
-    ckpt = tmp_path / "run" / "m.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "cnn.train", *COMMON, *args,
-                             "--out", "run/m.npz"], cwd=tmp_path, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert ckpt.exists(), "no checkpoint appeared"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, (proc.returncode, out, err)
-    assert "interrupted" in err and "--resume" in err
-    assert "Traceback" not in err
-    saved_epoch = read_model_file(ckpt)[0]["checkpoint"]["epoch"]
-    assert saved_epoch in (1, 2)
-    assert f"Epoch {saved_epoch}/3" in out and "Epoch 3/3" not in out
-    assert not (tmp_path / "run" / "m.npz").exists()
-    assert [p.name for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")] == []
-
-    resumed = train_cli(tmp_path, "--resume", "--out", "run/m.npz", "--epochs", "3")
-    assert f"after epoch {saved_epoch}" in resumed
-    assert "Epoch 3/3" in resumed and f"Epoch {saved_epoch}/3" not in resumed
-    history = json.loads((tmp_path / "run/m.history.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
-    finish(reference)
-    assert_same_weights(tmp_path / "run/m.npz", tmp_path / "ref/m.npz")
