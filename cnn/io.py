@@ -173,12 +173,14 @@ def _reading(path):
 
 
 class _Archive:
-    """An open weights file: its members' .npy headers checked against their
-    sizes and the caps, its metadata read, no other array data read yet
-    (``read`` reads the members a caller needs)."""
+    """An open weights file: its members' names and sizes checked against the
+    format and the caps, the .npy headers of the members a caller may read
+    (all, or all but ``opt/`` with ``optimizer=False``) checked against their
+    sizes, its metadata read; ``read`` then reads the arrays a caller needs."""
 
-    def __init__(self, path, max_bytes=None):
+    def __init__(self, path, max_bytes=None, optimizer=True):
         self.path = path = os.fspath(path)
+        self.optimizer = optimizer
         self.max_bytes = MAX_BYTES if max_bytes is None else max_bytes
         if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) \
                 or self.max_bytes < 1:
@@ -241,7 +243,8 @@ class _Archive:
                                        f"largest, {big.filename}, {_size(big.file_size)}), "
                                        f"more than the {_size(self.max_bytes)} limit for a "
                                        f"weights file")
-        self.headers = {info.filename[:-len(".npy")]: self._header(info) for info in infos}
+        self.headers = {info.filename[:-len(".npy")]: self._header(info) for info in infos
+                        if self.optimizer or not info.filename.startswith("opt/")}
         self.meta = self._meta()
 
     def _header(self, info):
@@ -389,7 +392,7 @@ def load_model(path, backend=None, threads=None, max_bytes=None):
     once the shapes its architecture declares match the stored headers and fit
     in ``max_bytes`` (default MAX_BYTES); ModelFileError otherwise."""
     path = os.fspath(path)
-    with _Archive(path, max_bytes) as archive:
+    with _Archive(path, max_bytes, optimizer=False) as archive:
         meta = archive.meta
         from cnn.backends import get_backend
         get_backend(backend)   # a bad backend is the caller's error, not the file's

@@ -1,7 +1,13 @@
 """Weights files: save/load round trips, every kind of bad file, atomic writes."""
+import io
 import json
 import os
 import stat
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -9,8 +15,10 @@ import pytest
 
 import cnn
 from cnn.architectures import build_architecture
-from cnn.io import (FORMAT, VERSION, ModelFileError, atomic_write, load_model,
-                    read_model_file, save_model)
+from cnn.architectures import ARCHITECTURES
+from cnn.io import (FORMAT, MAX_BYTES, VERSION, ModelFileError, atomic_write, declared_shapes,
+                    load_model, read_model_file, save_model)
+from tests import hostile
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
            "Sneaker", "Bag", "Ankle boot"]
@@ -303,6 +311,187 @@ def test_missing_path_and_directory(tmp_path):
     assert_model_file_error(str(tmp_path / "nope.npz"), "does not exist")
     (tmp_path / "folder.npz").mkdir()
     assert_model_file_error(tmp_path / "folder.npz", "folder.npz", "is a folder")
+
+
+# --------------------------------------------------------------------------- hostile files
+# Files whose headers promise far more than they hold. Rejecting one must cost
+# what its headers say, not what they promise: tracemalloc sees every NumPy
+# and Python allocation, so the peak bounds what loading allocated.
+
+
+def assert_cheap_rejection(path, *words, fn=load_model, max_mib=16, max_seconds=2.0):
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ModelFileError) as info:
+            fn(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    seconds = time.perf_counter() - started
+    message = str(info.value)
+    for word in words:
+        assert word in message, (word, message)
+    assert peak < max_mib << 20, f"rejecting {path.name} allocated {peak / 2**20:.0f} MiB"
+    assert seconds < max_seconds, f"rejecting {path.name} took {seconds:.1f} s"
+    return message
+
+
+@pytest.fixture(scope="module")
+def lenet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lenet") / "good.npz"
+    save_model(path, trained_like("lenet5"))
+    return path
+
+
+def test_unknown_member_is_refused_unread(lenet_file, tmp_path):
+    # 512 MiB of zeros deflated to 0.5 MB: it used to be inflated, then ignored
+    bad = hostile.unused_member(tmp_path / "junk.npz", lenet_file, 512 << 20, crc=False)
+    assert bad.stat().st_size < 1 << 20
+    for fn in (load_model, read_model_file):
+        assert_cheap_rejection(bad, "junk.npz", "holds 'junk.npy'",
+                               "not part of a cnn weights file", fn=fn)
+
+
+def test_members_over_the_cap_are_not_decompressed(lenet_file, tmp_path):
+    # opt/ members are part of the format (checkpoints), so the cap stops this one
+    bad = hostile.huge_optimizer_member(tmp_path / "bomb.ckpt", lenet_file, 1 << 30)
+    for fn in (load_model, read_model_file):
+        assert_cheap_rejection(bad, "1.0 GiB uncompressed", "opt/m/0.w.npy",
+                               "256.0 MiB limit", fn=fn)
+
+
+def test_array_header_larger_than_its_member(lenet_file, tmp_path):
+    bad = hostile.lying_array_header(tmp_path / "lying.npz", lenet_file)
+    for fn in (load_model, read_model_file):
+        assert_cheap_rejection(bad, "param/0.w.npy declares a float32 array of shape "
+                                    "(100000, 100000) (37.3 GiB) but holds 16 bytes", fn=fn)
+
+
+def test_huge_architecture_is_not_built(lenet_file, tmp_path):
+    bad = hostile.huge_architecture(tmp_path / "huge.npz", lenet_file)   # 10^10 parameters
+    assert bad.stat().st_size < 4096
+    assert_cheap_rejection(bad, "huge.npz", "architecture declares 10,140,306,100 parameters",
+                           "37.8 GiB as float32", "256.0 MiB limit")
+    # under the cap, but not what the file holds: refused before building
+    # (building would allocate 39 million parameters and their float64 init)
+    hostile.huge_architecture(bad, lenet_file, units=50_000)
+    assert_cheap_rejection(bad, "do not fit together",
+                           "weight 1.w has shape (2, 2), the architecture needs (50000, 784)")
+
+
+def test_huge_zip_directory(tmp_path):
+    bad = hostile.huge_directory(tmp_path / "many.npz", 40_000)
+    assert_cheap_rejection(bad, "zip directory is", "40,000 members", fn=read_model_file)
+
+
+def test_rejection_peak_rss_in_a_fresh_process(lenet_file, tmp_path):
+    """The real cost, C allocations included: peak RSS of one process that
+    rejects every hostile file stays near its baseline."""
+    files = [hostile.unused_member(tmp_path / "junk.npz", lenet_file, 1 << 30, crc=False),
+             hostile.huge_optimizer_member(tmp_path / "bomb.npz", lenet_file, 1 << 30),
+             hostile.lying_array_header(tmp_path / "lying.npz", lenet_file),
+             hostile.huge_architecture(tmp_path / "huge.npz", lenet_file),
+             hostile.huge_architecture(tmp_path / "fit.npz", lenet_file, units=300_000),
+             hostile.huge_directory(tmp_path / "many.npz")]
+    script = textwrap.dedent("""
+        import resource, sys
+        import cnn.backends
+        from cnn.io import ModelFileError, load_model
+        load_model(sys.argv[1])
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for path in sys.argv[2:]:
+            try:
+                load_model(path)
+            except ModelFileError:
+                pass
+            else:
+                sys.exit(f"{path} loaded")
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(lenet_file), *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) < 32, f"peak RSS grew by {proc.stdout.strip()} MiB"
+
+
+def test_max_bytes(lenet_file):
+    size = os.path.getsize(lenet_file)
+    for fn in (load_model, read_model_file):
+        with pytest.raises(ModelFileError, match="KiB limit for a weights file"):
+            fn(lenet_file, max_bytes=size // 2)
+    assert load_model(lenet_file, max_bytes=size).num_params() == 61_706
+    for bad in (0, -1, 1.5, True, "1000"):
+        with pytest.raises(ValueError, match="max_bytes must be a positive integer") as info:
+            load_model(lenet_file, max_bytes=bad)
+        assert not isinstance(info.value, ModelFileError)   # the caller's error
+    assert MAX_BYTES == 256 << 20
+
+
+def test_the_cap_is_comfortably_above_every_named_architecture():
+    for name in ARCHITECTURES:
+        model = build_architecture(name).build(seed=0, dtype=np.float64)
+        checkpoint = 3 * sum(v.nbytes for v in model.state().values())   # Adam: m and v
+        assert checkpoint * 8 < MAX_BYTES, name
+
+
+def test_declared_shapes_are_what_build_allocates():
+    specs = list(ARCHITECTURES) + ["conv8k3s2p1-bn-relu-avgpool2-dropout0.2-flatten-dense10",
+                                   "flatten-dense32-relu-dense10"]
+    for spec in specs:
+        model = build_architecture(spec)
+        declared = declared_shapes(model)
+        model.build(seed=0)
+        assert declared == {k: v.shape for k, v in model.state().items()}, spec
+
+
+def test_load_model_reads_no_optimizer_member(tmp_path, pixels):
+    """A checkpoint whose optimizer arrays are damaged still loads as a model:
+    load_model reads only __meta__ and param/ members."""
+    model = trained_like("lenet5")
+    path = tmp_path / "c.ckpt"
+    save_model(path, model, checkpoint={"epoch": 1},
+               optimizer_arrays={"m/0.w": np.ones((6, 1, 5, 5), np.float32)})
+    members = hostile.members_of(path)
+    payload, method, size, crc = members["opt/m/0.w.npy"]
+    members["opt/m/0.w.npy"] = (payload, method, size, crc ^ 1)   # bad CRC
+    hostile.write_zip(path, members)
+    np.testing.assert_array_equal(load_model(path).predict_proba(pixels),
+                                  model.predict_proba(pixels))
+    with pytest.raises(ModelFileError, match="Bad CRC-32 for file 'opt/m/0.w.npy'"):
+        read_model_file(path)
+
+
+def test_bad_metadata_members(lenet_file, tmp_path):
+    members = hostile.members_of(lenet_file)
+    bad = tmp_path / "meta.npz"
+    for meta, words in [
+        (hostile.stored(hostile.npy_bytes(np.zeros(3))), ["metadata (__meta__) is not a JSON "
+                                                          "string", "float64"]),
+        (hostile.stored(hostile.npy_bytes(np.array("[" * 100_000))), ["not valid JSON"]),
+        (hostile.stored(hostile.npy_header("<U1", (5 << 20,)) + bytes(20 << 20)),
+         ["metadata (__meta__) is not a JSON string"]),
+        (hostile.stored(hostile.npy_header("<U5242880", ()) + bytes(20 << 20)),
+         ["metadata is 20.0 MiB"]),
+    ]:
+        hostile.write_zip(bad, {**members, "__meta__.npy": meta})
+        assert_cheap_rejection(bad, "meta.npz", *words, fn=read_model_file, max_mib=48)
+
+
+def test_pickled_and_duplicate_members(lenet_file, tmp_path):
+    members = hostile.members_of(lenet_file)
+    bad = tmp_path / "pickle.npz"
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    hostile.write_zip(bad, {**members, "param/0.w.npy": hostile.stored(buf.getvalue())})
+    assert_model_file_error(bad, "param/0.w.npy holds Python objects")
+    # the same name twice: which one would count?
+    with zipfile.ZipFile(bad, "w") as zf:
+        for name, (payload, *_rest) in members.items():
+            zf.writestr(name, payload)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("param/0.b.npy", members["param/0.b.npy"][0])
+    assert_model_file_error(bad, "holds member 'param/0.b.npy' twice")
 
 
 # --------------------------------------------------------------------------- atomic writes
