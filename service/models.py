@@ -5,9 +5,12 @@
   (``*.history.json``), plots and hidden files (``.*``, e.g. the temporary file
   of a weights file being written) are not served.
 * A file that cannot be loaded (corrupt, truncated, not a cnn weights file,
-  architecture and weights that do not fit) is logged, counted in the
-  ``cnn_model_load_failures_total`` metric and listed by ``/models`` with its
-  error; the other files are still served.
+  architecture and weights that do not fit, over ``cnn.io.MAX_BYTES``) is
+  logged, counted in the ``cnn_model_load_failures_total`` metric and listed
+  by ``/models`` with its error; the other files are still served. Rejecting a
+  file costs what its headers declare, not what it would inflate to (see
+  ``cnn.io``). Answers name files relative to the models folder, never by
+  the server's paths; the log has the full paths.
 * The default model is ``CNN_DEFAULT_MODEL`` when set; otherwise the
   alphabetically first loaded model. Alphabetical order (not modification
   time) is chosen so that every worker and every replica picks the same model
@@ -112,8 +115,9 @@ def _sha256(path):
 
 class ModelRegistry:
     def __init__(self, directory, default=None, backend=None, threads=None, logger=None,
-                 on_failure=None):
+                 on_failure=None, max_bytes=None):
         self.directory = directory
+        self.max_bytes = max_bytes   # per weights file; None: cnn.io.MAX_BYTES
         self.configured_default = default
         self.backend = backend
         self.threads = threads
@@ -129,9 +133,9 @@ class ModelRegistry:
         try:
             entries = sorted(os.listdir(self.directory))
         except OSError as exc:
-            self.folder_error = (f"cannot read the models folder {self.directory!r}: "
-                                 f"{exc.strerror or exc}")
-            self._log("error", "%s", self.folder_error)
+            self.folder_error = f"cannot read the models folder: {exc.strerror or exc}"
+            self._log("error", "cannot read the models folder %r: %s", self.directory,
+                      exc.strerror or exc)
             return self
         for entry in entries:
             stem, ext = os.path.splitext(entry)
@@ -144,12 +148,16 @@ class ModelRegistry:
                 self._fail(stem, path, f"another weights file is already served as {stem!r}")
                 continue
             try:
-                model = load_model(path, backend=self.backend, threads=self.threads)
+                model = load_model(path, backend=self.backend, threads=self.threads,
+                                   max_bytes=self.max_bytes)
                 served = ServedModel(stem, path, model, self.lock)
             except ModelFileError as exc:
-                self._fail(stem, path, str(exc).replace(path, entry))
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the rest
-                self._fail(stem, path, f"{type(exc).__name__}: {exc}".replace(path, entry))
+                self._fail(stem, path, f"{entry}: {exc.problem}")
+            except Exception:  # noqa: BLE001 - one bad file must not stop the rest
+                if self.logger is not None:
+                    self.logger.exception("unexpected error loading %s", path)
+                self._fail(stem, path, f"{entry}: could not be loaded (an unexpected "
+                                       f"error; the server log has the details)")
             else:
                 self.models[stem] = served
                 self._log("info", "loaded model %r from %s (%s, %d parameters, backend %s, "
@@ -184,8 +192,8 @@ class ModelRegistry:
     def not_ready_reason(self):
         """Why the service cannot serve its default model, or None when it can."""
         if not self.models:
-            where = self.folder_error or f"no loadable *.npz weights file in " \
-                                         f"{self.directory!r}"
+            where = self.folder_error or "no loadable *.npz weights file in the models " \
+                                         "folder"
             return f"no model is loaded: {where}"
         if self.configured_default not in (None, *self.models):
             return self._missing(self.configured_default, "CNN_DEFAULT_MODEL ")

@@ -1,11 +1,15 @@
 """The models folder: which files are served, failures, default, /models, readiness."""
 import io
+import json
 import shutil
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from cnn.io import load_model
+from tests import hostile
 
 
 def assert_error(response, status):
@@ -157,3 +161,85 @@ def test_trained_model(make_app, tmp_path, trained_weights):
                                                  for i, a in enumerate(x[:8])]},
                     content_type="multipart/form-data")
     assert [p["label"] for p in r.get_json()["predictions"]] == labels[:8]
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def assert_no_server_paths(body, folder):
+    """Answers name files relative to the models folder, in the user's terms."""
+    text = json.dumps(body)
+    assert str(folder.parent) not in text, text      # no absolute path, not even a prefix
+    for python in ("Traceback", "PosixPath", "Error: ", "Error(", "<"):
+        assert python not in text, (python, text)
+
+
+def test_hostile_files_are_listed_and_the_good_one_served(make_app, models_dir):
+    good = models_dir / "tiny.npz"
+    hostile.unused_member(models_dir / "a_junk.npz", good, 512 << 20, crc=False)
+    hostile.huge_optimizer_member(models_dir / "a_bomb.npz", good, 1 << 30)
+    hostile.lying_array_header(models_dir / "a_lying.npz", good)
+    hostile.huge_architecture(models_dir / "a_huge.npz", good)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        client = make_app(models_dir).test_client()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"loading the folder allocated {peak / 2**20:.0f} MiB"
+    assert time.perf_counter() - started < 10
+
+    info = client.get("/models").get_json()
+    assert [m["name"] for m in info["models"]] == ["tiny"] and info["default"] == "tiny"
+    errors = {f["name"]: f["error"] for f in info["failed"]}
+    assert {f["file"] for f in info["failed"]} == {f"{n}.npz" for n in errors}
+    assert "a_junk.npz: holds 'junk.npy', which is not part of a cnn weights file" \
+        in errors["a_junk"]
+    assert "1.0 GiB uncompressed" in errors["a_bomb"]
+    assert "(100000, 100000) (37.3 GiB) but holds 16 bytes" in errors["a_lying"]
+    assert "declares 10,140,306,100 parameters" in errors["a_huge"]
+    assert_no_server_paths(info, models_dir)
+
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert_no_server_paths(ready.get_json(), models_dir)
+    assert client.post("/predict", json={"pixels": [[0] * 28] * 28}).get_json()["model"] \
+        == "tiny"
+    for url in ("/models/a_huge", "/predict?model=a_huge"):
+        body = assert_error(client.post(url, json={"pixels": [[0] * 28] * 28})
+                            if url.startswith("/predict") else client.get(url), 503)
+        assert "declares 10,140,306,100 parameters" in body["error"]
+        assert_no_server_paths(body, models_dir)
+
+
+def test_not_ready_answers_name_no_server_path(make_app, tmp_path, tiny_weights):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    hostile.huge_architecture(folder / "huge.npz", tiny_weights)
+    (folder / "back\\slash.npz").write_bytes(b"PK\x03\x04 not a zip")   # repr doubles \\
+    client = make_app(folder).test_client()
+    body = assert_error(client.get("/ready"), 503)
+    assert body["error"] == ("no model is loaded: no loadable *.npz weights file in the "
+                             "models folder")
+    assert {f["file"] for f in body["failed"]} == {"huge.npz", "back\\slash.npz"}
+    assert_no_server_paths(body, folder)
+    body = assert_error(client.post("/predict", json={"pixels": [[0] * 28] * 28}), 503)
+    assert_no_server_paths(body, folder)
+    body = assert_error(make_app(tmp_path / "missing").test_client().get("/ready"), 503)
+    assert body["error"] == ("no model is loaded: cannot read the models folder: No such "
+                             "file or directory")
+    client = make_app(folder, CNN_DEFAULT_MODEL="huge").test_client()
+    assert_no_server_paths(assert_error(client.get("/ready"), 503), folder)
+    assert_no_server_paths(client.get("/v2/health/ready").get_json() or {}, folder)
+
+
+def test_unexpected_load_error_is_not_shown(make_app, models_dir, monkeypatch):
+    def broken(path, **kwargs):
+        raise RuntimeError(f"internal state at {path}")
+    monkeypatch.setattr("service.models.load_model", broken)
+    client = make_app(models_dir).test_client()
+    failed = client.get("/models").get_json()["failed"]
+    assert failed == [{"name": "tiny", "file": "tiny.npz", "error": "tiny.npz: could not be "
+                       "loaded (an unexpected error; the server log has the details)"}]
+    assert_no_server_paths(assert_error(client.get("/ready"), 503), models_dir)
