@@ -21,6 +21,7 @@ the built parameters and their float64 random initialisation).
 Files are written atomically: to a temporary file in the same folder, synced,
 then renamed over the target, so a crash mid-write leaves the old file whole.
 """
+import collections
 import contextlib
 import datetime
 import json
@@ -189,7 +190,7 @@ class _Archive:
             raise ModelFileError(path, "does not exist")
         if os.path.isdir(path):
             raise ModelFileError(path, "is a folder, not a weights file")
-        self.file = None
+        self.file = self.zip = None
         with _reading(path):
             self.file = open(path, "rb")
             try:
@@ -231,9 +232,9 @@ class _Archive:
             raise ModelFileError(path, f"holds {unknown[0]!r}, which is not part of a cnn "
                                        f"weights file (only __meta__, param/... and opt/... "
                                        f"arrays are)")
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise ModelFileError(path, f"holds member {twice[0]!r} twice")
+        name, count = collections.Counter(names).most_common(1)[0]
+        if count > 1:
+            raise ModelFileError(path, f"holds member {name!r} {count} times")
         # Declared uncompressed sizes, checked before anything is decompressed;
         # reads stop at them (zipfile cuts a member there, and fails its CRC).
         total = sum(info.file_size for info in infos)
@@ -285,8 +286,8 @@ class _Archive:
         except (ValueError, RecursionError) as exc:   # JSONDecodeError, too deep, huge ints
             raise ModelFileError(path, f"its metadata is not valid JSON ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ModelFileError(path, f"is not a cnn weights file (format "
-                                       f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+            name = meta.get("format") if isinstance(meta, dict) else None
+            raise ModelFileError(path, f"is not a cnn weights file (format {name!r})")
         version = meta.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ModelFileError(path, f"has an invalid format version {version!r}")
@@ -306,6 +307,8 @@ class _Archive:
         return arrays
 
     def close(self):
+        if self.zip is not None:
+            self.zip.close()
         if self.file is not None:
             self.file.close()
 

@@ -491,7 +491,7 @@ def test_pickled_and_duplicate_members(lenet_file, tmp_path):
             zf.writestr(name, payload)
         with pytest.warns(UserWarning, match="Duplicate name"):
             zf.writestr("param/0.b.npy", members["param/0.b.npy"][0])
-    assert_model_file_error(bad, "holds member 'param/0.b.npy' twice")
+    assert_model_file_error(bad, "holds member 'param/0.b.npy' 2 times")
 
 
 # --------------------------------------------------------------------------- atomic writes
