@@ -30,15 +30,34 @@ import numpy as np
 
 from cnn._checks import pair
 
-__all__ = ["ALLOWED_FORMATS", "MAX_PIXELS", "ImageError", "decode_image", "decode_images",
-           "pixels_from_array"]
+__all__ = ["ALLOWED_FORMATS", "MAX_PIXELS", "MAX_TOTAL_PIXELS", "ImageError", "PixelBudgetError",
+           "decode_image", "decode_images", "pixels_from_array"]
 
 #: Pillow format names that may be parsed at all. JPEG files that Pillow reports
 #: as "MPO" (multi-picture JPEGs written by many cameras) count as JPEG.
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM"})
 
-#: Largest width * height accepted by default (checked before decoding).
-MAX_PIXELS = 40_000_000
+#: Largest width * height of one image accepted by default, checked from the
+#: header before any pixel is decoded. PNG, WebP, GIF, TIFF and BMP can only be
+#: decoded at full size before they are reduced (libjpeg scales JPEG down while
+#: decoding, but a progressive JPEG still buffers ~6 bytes of coefficients per
+#: pixel), so this bounds the cost of one image. Measured per megapixel
+#: (benchmarks/image_cost.py, Pillow 13, full decode): WebP 15.3 MiB and 13 ms
+#: of CPU (libwebp decodes through two RGBA canvases), RGBA and 16-bit RGBA PNG
+#: 3.8 MiB and 14 ms, progressive 4:4:4 JPEG 5.8 MiB and 13 ms, 16-bit grey PNG
+#: 1.9 MiB and 7 ms, 8-bit grey or palette PNG and GIF 1 MiB and 3 ms.
+#: 4096 x 3072 (12.6 M pixels: any 12-megapixel camera photo) keeps the worst of
+#: them near 190 MiB and 0.2 s, within the service's target of 256 MiB and 1 s.
+MAX_PIXELS = 4096 * 3072
+
+#: Default budget of the service (CNN_MAX_REQUEST_PIXELS) for the summed
+#: width * height of every image file in one request (``max_total_pixels`` of
+#: decode_images, checked from the headers before anything is decoded). The
+#: images are decoded one after another, so memory is bounded by MAX_PIXELS
+#: and CPU by this: many mid-sized 16-bit RGBA PNGs, the slowest case measured,
+#: take ~20 ms of CPU per megapixel (decode, reduction and conversion), so
+#: 32 M pixels (2.5 images at MAX_PIXELS, or 256 of 353x353) take ~0.65 s.
+MAX_TOTAL_PIXELS = 32_000_000
 
 _INVERT_CHOICES = ("auto", True, False)
 
@@ -62,6 +81,24 @@ class ImageError(ValueError):
 
 def _rebuild_image_error(cls, reason, index, name):
     return cls(reason, index=index, name=name)
+
+
+class PixelBudgetError(ValueError):
+    """A batch whose images have more pixels in all than ``max_total_pixels``
+    (decode_images), found from their headers before anything was decoded.
+
+    ``total`` is the summed width * height of the readable images, ``limit``
+    the budget and ``count`` the number of images counted.
+    """
+
+    def __init__(self, total, limit, count):
+        self.total, self.limit, self.count = total, limit, count
+        super().__init__(f"the {count} images have {total:,} pixels in all (width x height "
+                         f"from their headers), over the limit of {limit:,} pixels for one "
+                         f"batch (max_total_pixels): send fewer or smaller images")
+
+    def __reduce__(self):
+        return (type(self), (self.total, self.limit, self.count))
 
 
 def _label(index, name):
@@ -253,7 +290,7 @@ def decode_image(data, *, size=(28, 28), invert="auto", max_pixels=MAX_PIXELS,
     return _decode_one(data, None, name, opts)
 
 
-def decode_images(items, *, names=None, on_error=None, **kw):
+def decode_images(items, *, names=None, on_error=None, max_total_pixels=None, **kw):
     """Decode a batch of image files (bytes or paths) into uint8 (N, H, W).
 
     Takes the keyword arguments of :func:`decode_image` (except ``name``);
@@ -265,6 +302,11 @@ def decode_images(items, *, names=None, on_error=None, **kw):
     is called for each one that fails (``exc`` is the :class:`ImageError`, or
     whatever else decoding that item raised, e.g. TypeError for an item that is
     neither bytes nor a path) and its slot of the result is left black (zeros).
+
+    ``max_total_pixels`` (None: no budget) bounds the work of the whole batch:
+    every header is read first, and when the readable images have more than
+    that many pixels in all (width * height, summed) :class:`PixelBudgetError`
+    is raised before any image is decoded, whatever ``on_error``.
 
     The result is the same as decoding each item with :func:`decode_image`;
     the options are checked once and the last step for images that are
@@ -297,25 +339,76 @@ def decode_images(items, *, names=None, on_error=None, **kw):
     opts = _check_options(kw.get("size", (28, 28)), kw.get("invert", "auto"),
                           kw.get("max_pixels", MAX_PIXELS),
                           kw.get("allowed_formats", ALLOWED_FORMATS))
+    if max_total_pixels is not None and (
+            isinstance(max_total_pixels, bool) or not isinstance(max_total_pixels, numbers.Integral)
+            or max_total_pixels < 1):
+        raise ValueError(f"max_total_pixels must be a positive int or None, got "
+                         f"{max_total_pixels!r}")
     if on_error is not None and not callable(on_error):
         raise TypeError(f"on_error must be callable or None, got {type(on_error).__name__}")
     h, w = opts[0]
     out = (np.empty if on_error is None else np.zeros)((len(items), h, w), dtype=np.uint8)
-    _decode_into(out, items, names, opts, on_error)
+    if max_total_pixels is None:
+        opened = None
+    else:
+        opened = _open_within_budget(items, names, opts, on_error, int(max_total_pixels))
+    _decode_into(out, items, names, opts, on_error, opened)
     return out
 
 
-def _decode_into(out, items, names, opts, on_error):
+def _open_within_budget(items, names, opts, on_error, budget):
+    """Read every header (nothing decoded): the opened images, None where one
+    failed (reported), or PixelBudgetError when their pixels exceed ``budget``.
+
+    Files given by path are closed again (a batch of paths must not hold one
+    descriptor each) and reopened when decoded."""
+    opened, total, count = [], 0, 0
+    try:
+        for i, (data, name) in enumerate(zip(items, names)):
+            try:
+                source = _open_one(data, i, name, opts)
+            except Exception as exc:  # noqa: BLE001 - reported to on_error, else raised
+                if on_error is None:
+                    raise
+                on_error(i, exc)
+                opened.append(None)
+                continue
+            total += source.pixels
+            count += 1
+            if source.path is not None:
+                source.close()
+            opened.append(source)
+    except BaseException:
+        for source in opened:
+            if source is not None:
+                source.close()
+        raise
+    if total > budget:
+        for source in opened:
+            if source is not None:
+                source.close()
+        raise PixelBudgetError(total, budget, count)
+    return opened
+
+
+def _decode_into(out, items, names, opts, on_error, opened=None):
     size, invert = opts[0], opts[1]
     pending = []  # images stored as decoded in out[i]: only the inversion is left
     for i, (data, name) in enumerate(zip(items, names)):
+        if opened is not None and opened[i] is None:
+            continue  # (its header could not be read: already reported)
         try:
-            pixels, alpha, fail = _load_one(data, i, name, opts)
+            if opened is None or opened[i].path is not None:
+                source = _open_one(data, i, name, opts)
+            else:
+                source = opened[i]
+                opened[i] = None  # (freed once decoded)
+            pixels, alpha, fit = _load(source, opts)
             if alpha is None and pixels.shape == size:
                 out[i] = pixels
                 pending.append(i)
             else:
-                out[i] = _finish_checked(pixels, alpha, size, invert, fail)
+                out[i] = _finish_checked(pixels, alpha, size, invert, source.fail, fit)
         except Exception as exc:  # noqa: BLE001 - reported to on_error, else raised
             if on_error is None:
                 raise
@@ -354,22 +447,42 @@ def _light_background(batch):
 
 def _decode_one(data, index, name, opts):
     """One image file -> its finished uint8 array of shape ``size``."""
-    pixels, alpha, fail = _load_one(data, index, name, opts)
-    return _finish_checked(pixels, alpha, opts[0], opts[1], fail)
+    source = _open_one(data, index, name, opts)
+    pixels, alpha, fit = _load(source, opts)
+    return _finish_checked(pixels, alpha, opts[0], opts[1], source.fail, fit)
 
 
-def _finish_checked(pixels, alpha, size, invert, fail):
+def _finish_checked(pixels, alpha, size, invert, fail, fit=None):
     Image, ImageChops, _, ImageOps = _pil()
     try:
-        return _finish(pixels, alpha, size, invert, Image, ImageChops, ImageOps)
+        return _finish(pixels, alpha, size, invert, Image, ImageChops, ImageOps, fit)
     except _decode_errors() as e:  # pragma: no cover - in-memory operations on good images
         raise fail(f"cannot process image ({_why(e)})") from None
 
 
-def _load_one(data, index, name, opts):
-    """Open, check and decode one image file: (uint8 (h, w) grey pixels as
-    stored, "L" alpha image or None, fail) where ``fail(reason)`` makes the
-    ImageError for this image. Nothing is inverted or resized yet."""
+class _Source:
+    """One image file whose header was read and checked; nothing decoded yet.
+
+    ``pixels`` is its width * height; ``png`` the bytes of a plain grey PNG
+    for the fast path (_simple_png), else ``im`` the opened Pillow image
+    reading ``fp``; ``path`` is set for files given by path."""
+
+    __slots__ = ("pixels", "png", "im", "fp", "path", "fail")
+
+    def __init__(self, pixels, fail, png=None, im=None, fp=None, path=None):
+        self.pixels, self.fail, self.png, self.im, self.fp, self.path = (
+            pixels, fail, png, im, fp, path)
+
+    def close(self):
+        if self.im is not None:
+            self.im.close()
+        if self.fp is not None:
+            self.fp.close()
+        self.im = self.fp = None
+
+
+def _open_one(data, index, name, opts):
+    """Open one image file and check its header (format, pixel count): a _Source."""
     size, invert, max_pixels, allowed, open_formats = opts
 
     def fail(reason):
@@ -388,20 +501,26 @@ def _load_one(data, index, name, opts):
             raise fail(f"cannot read file ({e.strerror or e})") from None
     elif isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
+        path = None
         if "PNG" in allowed:
-            pixels = _simple_png(data, max_pixels)
-            if pixels is not None:
-                return pixels, None, fail
+            wh = _simple_png_size(data, max_pixels)
+            if wh is not None and _reduce_factors(*wh, _fit(*wh, size)) == (1, 1):
+                return _Source(wh[0] * wh[1], fail, png=data)  # (else: reduced by Pillow)
         fp = io.BytesIO(data)
     else:
         raise TypeError(f"{_label(index, name)}: data must be bytes or a file path, got "
                         f"{type(data).__name__}")
-    with fp:
-        pixels, alpha = _decode_stream(fp, fail, size, max_pixels, allowed, open_formats)
-    return pixels, alpha, fail
+    try:
+        im = _open_checked(fp, fail, max_pixels, allowed, open_formats)
+    except BaseException:
+        fp.close()
+        raise
+    return _Source(im.width * im.height, fail, im=im, fp=fp, path=path)
 
 
-def _decode_stream(fp, fail, size, max_pixels, allowed, open_formats):
+def _open_checked(fp, fail, max_pixels, allowed, open_formats):
+    """The Pillow image of ``fp``, its format allowed and its header's pixel
+    count within ``max_pixels``; nothing decoded."""
     Image = _pil()[0]
     errors = _decode_errors()
     prefix = fp.read(16)
@@ -417,43 +536,101 @@ def _decode_stream(fp, fail, size, max_pixels, allowed, open_formats):
                    f"{e}") from None
     except errors as e:
         raise fail(f"not a readable image ({_why(e)})") from None
-    with im:
-        fmt = im.format
-        if not (fmt in allowed or (fmt == "MPO" and "JPEG" in allowed)):
-            raise fail(f"format {fmt} is not allowed (allowed: {', '.join(sorted(allowed))})")
-        width, height = im.size
-        if width < 1 or height < 1:
-            raise fail(f"has no pixels ({width}x{height})")
-        if width * height > max_pixels:
-            raise fail(f"{width}x{height} = {width * height:,} pixels is over the limit of "
-                       f"{max_pixels:,} pixels (max_pixels)")
-        try:
-            if fmt in ("JPEG", "MPO"):
-                # Let libjpeg scale down by up to 8 while decoding (both sides
-                # stay >= the target's longer side, so the fit below still shrinks).
-                side = max(size)
-                im.draft("L" if im.mode == "RGB" else im.mode, (side, side))
-            with _StrictTruncation():
-                im.load()
-        except errors as e:
-            raise fail(f"corrupt or truncated image ({_why(e)})") from None
-        try:
-            gray, alpha = _gray_alpha(im)
-        except errors as e:
-            raise fail(f"cannot convert mode {im.mode} to grayscale ({_why(e)})") from None
-        transpose = _exif_transpose_method(im)
-        try:
-            if transpose is not None:
-                gray = gray.transpose(transpose)
-                alpha = None if alpha is None else alpha.transpose(transpose)
-            # The pixels as an array now: ``gray`` may be ``im`` itself (an "L"
-            # image), which closing the file makes unusable. (frombuffer of
-            # tobytes: np.asarray(image) does the same with more overhead.)
-            pixels = np.frombuffer(gray.tobytes(), dtype=np.uint8).reshape(
-                gray.size[1], gray.size[0])
-        except errors as e:  # pragma: no cover - in-memory operations on good images
-            raise fail(f"cannot process image ({_why(e)})") from None
-    return pixels, alpha
+    fmt = im.format
+    width, height = im.size
+    reason = None
+    if not (fmt in allowed or (fmt == "MPO" and "JPEG" in allowed)):
+        reason = f"format {fmt} is not allowed (allowed: {', '.join(sorted(allowed))})"
+    elif width < 1 or height < 1:
+        reason = f"has no pixels ({width}x{height})"
+    elif width * height > max_pixels:
+        reason = (f"{width}x{height} = {width * height:,} pixels is over the limit of "
+                  f"{max_pixels:,} pixels (max_pixels)")
+    if reason is not None:
+        im.close()
+        raise fail(reason)
+    return im
+
+
+def _load(source, opts):
+    """Decode an opened image: (uint8 (h, w) grey pixels, "L" alpha image or
+    None, fit) where ``fit`` is None or the ((width, height), box) that
+    _finish resizes to. Nothing is inverted yet; large images come out reduced."""
+    size, invert, max_pixels, allowed, open_formats = opts
+    fail = source.fail
+    if source.png is not None:
+        pixels = _simple_png(source.png, max_pixels)
+        if pixels is not None:
+            return pixels, None, None
+        # (damaged, or more than the fast path reads: Pillow decides)
+        source.fp = io.BytesIO(source.png)
+        source.im = _open_checked(source.fp, fail, max_pixels, allowed, open_formats)
+    with source.fp, source.im:
+        return _load_pil(source.im, fail, size)
+
+
+def _load_pil(im, fail, size):
+    errors = _decode_errors()
+    fmt = im.format
+    try:
+        if fmt in ("JPEG", "MPO"):
+            # Let libjpeg scale down by up to 8 while decoding (both sides
+            # stay >= the target's longer side, so the fit below still shrinks).
+            side = max(size)
+            im.draft("L" if im.mode == "RGB" else im.mode, (side, side))
+        with _StrictTruncation():
+            im.load()
+    except errors as e:
+        raise fail(f"corrupt or truncated image ({_why(e)})") from None
+    # Upright first (a copy at full size, but only for rotated files, mostly
+    # JPEG photos already scaled down), so that the reduction below is the one
+    # Image.resize would do in _finish.
+    transpose = _exif_transpose_method(im)
+    source = im
+    try:
+        if transpose is not None:
+            im = im.transpose(transpose)
+    except errors as e:  # pragma: no cover - in-memory operations on good images
+        raise fail(f"cannot process image ({_why(e)})") from None
+    fit = _fit(im.width, im.height, size)
+    factors = _reduce_factors(im.width, im.height, fit)
+    try:
+        gray, alpha = _gray_alpha(im, factors)
+    except errors as e:
+        raise fail(f"cannot convert mode {source.mode} to grayscale ({_why(e)})") from None
+    try:
+        # The pixels as an array now: ``gray`` may be ``im`` itself (an "L"
+        # image), which closing the file makes unusable. (frombuffer of
+        # tobytes: np.asarray(image) does the same with more overhead.)
+        pixels = np.frombuffer(gray.tobytes(), dtype=np.uint8).reshape(
+            gray.size[1], gray.size[0])
+    except errors as e:  # pragma: no cover - in-memory operations on good images
+        raise fail(f"cannot process image ({_why(e)})") from None
+    if factors == (1, 1):
+        return pixels, alpha, None
+    # What Image.resize(fit, reducing_gap=...) resizes after its own reduction.
+    box = (0, 0, im.width / factors[0], im.height / factors[1])
+    return pixels, alpha, (fit, box)
+
+
+# Large images are reduced (Image.reduce: box averages, cheap) before any mode
+# conversion, by the factor Image.resize(..., reducing_gap=_REDUCING_GAP) would
+# use first anyway; the Lanczos resize in _finish does the rest.
+_REDUCING_GAP = 3.0
+
+
+def _fit(w, h, size):
+    """(width, height) of a w x h image fitted into ``size`` (height, width),
+    aspect ratio kept."""
+    th, tw = size
+    scale = min(tw / w, th / h)
+    return min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+
+
+def _reduce_factors(w, h, fit):
+    """The (x, y) factors by which Image.resize((w, h) -> fit) reduces first."""
+    return (max(1, int(w / fit[0] / _REDUCING_GAP)),
+            max(1, int(h / fit[1] / _REDUCING_GAP)))
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -476,18 +653,13 @@ def _simple_png(data, max_pixels):
     returns None, and the caller decodes the file with Pillow as always, so
     errors, limits and results are exactly those of the general path.
     """
+    wh = _simple_png_size(data, max_pixels)
+    if wh is None:
+        return None
+    width, height = wh
     n = len(data)
-    if n < 57 or not data.startswith(_PNG_SIGNATURE):  # (signature + IHDR + IDAT + IEND)
-        return None
     unpack = struct.unpack_from
-    length, cid, width, height, depth, color, compression, filtering, interlace = unpack(
-        ">I4sIIBBBBB", data, 8)
-    if (cid != b"IHDR" or length != 13 or (depth, color, compression, filtering, interlace)
-            != (8, 0, 0, 0, 0) or width < 1 or height < 1 or width * height > max_pixels):
-        return None
     Image = _pil()[0]
-    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
-        return None  # (Pillow's warning or error decides)
     view = memoryview(data)
     pos, idat = 8, []
     while True:
@@ -511,6 +683,22 @@ def _simple_png(data, max_pixels):
     except Exception:  # noqa: BLE001 - damaged data: Pillow's own path reports it
         return None
     return np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(height, width)
+
+
+def _simple_png_size(data, max_pixels):
+    """(width, height) from the IHDR of what may be a plain PNG for
+    _simple_png (8-bit grey, within the pixel limits), else None."""
+    if len(data) < 57 or not data.startswith(_PNG_SIGNATURE):  # (signature + IHDR + IDAT + IEND)
+        return None
+    length, cid, width, height, depth, color, compression, filtering, interlace = (
+        struct.unpack_from(">I4sIIBBBBB", data, 8))
+    if (cid != b"IHDR" or length != 13 or (depth, color, compression, filtering, interlace)
+            != (8, 0, 0, 0, 0) or width < 1 or height < 1 or width * height > max_pixels):
+        return None
+    limit = _pil()[0].MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        return None  # (Pillow's warning or error decides)
+    return width, height
 
 
 def _why(e):
@@ -554,28 +742,66 @@ def _exif_transpose_method(im):
             6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90}.get(orientation)
 
 
-def _gray_alpha(im):
-    """``im`` as an "L" image and an "L" alpha image (None when fully opaque)."""
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _gray_alpha(im, factors=(1, 1)):
+    """``im`` reduced by ``factors`` (box averages, Image.reduce) as an "L"
+    image and an "L" alpha image (None when fully opaque).
+
+    Modes are converted after reducing wherever Pillow can reduce them, so
+    that the only work at full size is the decode itself: 16-bit grey is
+    reduced as 32-bit "I" (never as float64 at full size); "1" and "P" first
+    become "L". Transparent images become "L" grey and alpha (1 byte a pixel
+    each) and are reduced premultiplied, so that each pixel counts in
+    proportion to its opacity, as when the image is composited onto black
+    before it is resized.
+    """
     Image = _pil()[0]
+    shrink = factors != (1, 1)
     mode = im.mode
     trns = im.info.get("transparency")
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(im)
-        alpha = None
+    if mode in _WIDE_MODES:
         if isinstance(trns, numbers.Number) and mode != "F":
-            alpha = Image.fromarray(np.where(a == trns, 0, 255).astype(np.uint8))
-        return Image.fromarray(_wide_to_uint8(a, mode)), alpha
+            a = np.asarray(im)
+            alpha = Image.fromarray(np.where(a == trns, np.uint8(0), np.uint8(255)))
+            return _reduce_with_alpha(Image.fromarray(_wide_to_uint8(a, mode)), alpha, factors)
+        if shrink:
+            im = (im if mode in ("I", "F") else im.convert("I")).reduce(factors)
+        return Image.fromarray(_wide_to_uint8(np.asarray(im), mode)), None
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or trns is not None:
-        rgba = im.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        if alpha.getextrema()[0] == 255:
-            alpha = None
-        return rgba.convert("L"), alpha
-    if mode == "L":
-        return im, None  # (already grayscale: no copy)
-    if mode in ("1", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV"):
-        return im.convert("L"), None
-    return im.convert("RGB").convert("L"), None  # other modes, if Pillow can
+        if mode == "P" and isinstance(trns, (int, bytes)):
+            # (the alpha of each palette entry, looked up: no RGBA copy)
+            lut = np.full(256, 255, np.uint8)
+            if isinstance(trns, bytes):
+                lut[:len(trns[:256])] = np.frombuffer(trns[:256], np.uint8)
+            elif 0 <= trns < 256:
+                lut[trns] = 0
+            alpha = Image.fromarray(lut[np.asarray(im)])
+            return _reduce_with_alpha(im.convert("L"), alpha, factors)
+        rgba = im if mode in ("RGBA", "LA") else im.convert("RGBA")
+        return _reduce_with_alpha(rgba.convert("L"), rgba.getchannel("A"), factors)
+    if mode in ("L", "RGB", "RGBX", "CMYK", "YCbCr"):
+        im = im.reduce(factors) if shrink else im
+        return (im if mode == "L" else im.convert("L")), None  # ("L": no copy)
+    gray = im.convert("L") if mode in ("1", "P", "HSV") else im.convert("RGB").convert("L")
+    return (gray.reduce(factors) if shrink else gray), None  # (other modes, if Pillow can)
+
+
+def _reduce_with_alpha(gray, alpha, factors):
+    """"L" grey and alpha images reduced by ``factors``: (grey, alpha), alpha
+    None when fully opaque. The grey is averaged premultiplied by alpha, then
+    divided by the averaged alpha again (_finish multiplies it back)."""
+    if alpha.getextrema()[0] == 255:
+        return (gray.reduce(factors) if factors != (1, 1) else gray), None
+    if factors == (1, 1):
+        return gray, alpha
+    Image, ImageChops = _pil()[:2]
+    premultiplied = np.asarray(ImageChops.multiply(gray, alpha).reduce(factors), np.uint32)
+    alpha = alpha.reduce(factors)
+    a = np.asarray(alpha, np.uint32)
+    g = np.minimum((premultiplied * 255 + a // 2) // np.maximum(a, 1), 255).astype(np.uint8)
+    return Image.fromarray(g), alpha
 
 
 def _wide_to_uint8(a, mode):
@@ -585,19 +811,24 @@ def _wide_to_uint8(a, mode):
     taken as 0-1, within 0-255 as 8-bit, within 0-65535 as 16-bit, and
     anything wider is scaled from its own minimum-maximum range.
     """
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     if mode.startswith("I;16"):
+        # round(a * 255 / 65535) in integers (exactly the float result: no
+        # value of a is a tie), 4 bytes a pixel rather than float64's 8
+        b = a.astype(np.uint32)
+        b *= 255
+        b += 32767
+        b //= 65535
+        return b.astype(np.uint8)
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0 and hi <= 1 and mode == "F":
+        scale, lo = 1.0, 0.0
+    elif lo >= 0 and hi <= 255:
+        scale, lo = 255.0, 0.0
+    elif lo >= 0 and hi <= 65535:
         scale, lo = 65535.0, 0.0
     else:
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0 and hi <= 1 and mode == "F":
-            scale, lo = 1.0, 0.0
-        elif lo >= 0 and hi <= 255:
-            scale, lo = 255.0, 0.0
-        elif lo >= 0 and hi <= 65535:
-            scale, lo = 65535.0, 0.0
-        else:
-            scale = max(hi - lo, 1e-12)
+        scale = max(hi - lo, 1e-12)
     return np.clip(np.rint((a - lo) * (255.0 / scale)), 0, 255).astype(np.uint8)
 
 
@@ -641,9 +872,11 @@ def _should_invert(gray, alpha):
     return mean <= 127
 
 
-def _finish(gray, alpha, size, invert, Image, ImageChops, ImageOps):
+def _finish(gray, alpha, size, invert, Image, ImageChops, ImageOps, fit=None):
     """Invert, composite onto black and fit into ``size``: ``gray`` is the uint8
-    (h, w) array of the image, ``alpha`` its "L" alpha image or None."""
+    (h, w) array of the image, ``alpha`` its "L" alpha image or None, ``fit``
+    None or, for an image that _load_pil reduced, the ((width, height), box)
+    to resize it to (what Image.resize does after its own reduction)."""
     if invert == "auto":
         invert = _should_invert(gray, alpha)
     if alpha is None:
@@ -657,12 +890,10 @@ def _finish(gray, alpha, size, invert, Image, ImageChops, ImageOps):
     if (h, w) == (th, tw):
         return np.array(out, dtype=np.uint8, order="C")  # already the right size: a copy
     background = _median_int(_border(out))
-    scale = min(tw / w, th / h)
-    nw = min(tw, max(1, round(w * scale)))
-    nh = min(th, max(1, round(h * scale)))
+    (nw, nh), box = fit if fit is not None else (_fit(w, h, size), None)
     if (nw, nh) != (w, h):
         out = np.asarray(Image.fromarray(out).resize((nw, nh), Image.Resampling.LANCZOS,
-                                                     reducing_gap=3.0))
+                                                     box=box, reducing_gap=_REDUCING_GAP))
     canvas = np.full((th, tw), background, dtype=np.uint8)
     top, left = (th - nh) // 2, (tw - nw) // 2
     canvas[top:top + nh, left:left + nw] = out

@@ -12,7 +12,12 @@ key in ``app.config`` (and in ``test_config``):
 ``CNN_MAX_CONTENT_LENGTH`` largest request body in bytes (16 MiB); larger -> 413
 ``CNN_MAX_IMAGES``         most images in one request (256); more -> 413
 ``CNN_MAX_PIXELS``         largest width x height of an uploaded image, checked
-                           from its header before decoding (``cnn.images.MAX_PIXELS``)
+                           from its header before decoding (``cnn.images.MAX_PIXELS``,
+                           4096 x 3072: it bounds the memory one image can cost)
+``CNN_MAX_REQUEST_PIXELS`` largest width x height summed over the image files of one
+                           request, checked from their headers before decoding
+                           (``cnn.images.MAX_TOTAL_PIXELS``, 32 M: it bounds the CPU
+                           time of a request); more -> 413
 ``CNN_WORKERS``            worker processes sharing the machine (1); only used for
                            the default of ``CNN_THREADS``
 ``CNN_THREADS``            kernel threads per worker process; default: usable
@@ -29,7 +34,7 @@ import os
 
 from cnn._threads import available_cores
 from cnn.backends import BACKENDS, BackendUnavailable, get_backend
-from cnn.images import MAX_PIXELS
+from cnn.images import MAX_PIXELS, MAX_TOTAL_PIXELS
 
 MiB = 1024 * 1024
 
@@ -39,13 +44,14 @@ DEFAULTS = {
     "CNN_MAX_CONTENT_LENGTH": 16 * MiB,
     "CNN_MAX_IMAGES": 256,
     "CNN_MAX_PIXELS": MAX_PIXELS,
+    "CNN_MAX_REQUEST_PIXELS": MAX_TOTAL_PIXELS,
     "CNN_WORKERS": 1,
     "CNN_THREADS": None,
     "CNN_BACKEND": None,
 }
 
-_INT_KEYS = ("CNN_MAX_CONTENT_LENGTH", "CNN_MAX_IMAGES", "CNN_MAX_PIXELS", "CNN_WORKERS",
-             "CNN_THREADS")
+_INT_KEYS = ("CNN_MAX_CONTENT_LENGTH", "CNN_MAX_IMAGES", "CNN_MAX_PIXELS",
+             "CNN_MAX_REQUEST_PIXELS", "CNN_WORKERS", "CNN_THREADS")
 _STR_KEYS = ("CNN_MODEL_DIR", "CNN_DEFAULT_MODEL", "CNN_BACKEND")
 
 

@@ -27,6 +27,8 @@ as ``decode_image``, the options checked once per batch): the format allow-list
 (``cnn.images.ALLOWED_FORMATS``), the ``CNN_MAX_PIXELS`` limit checked from the
 header before decoding (decompression bombs), grayscale, inverted when the
 background is light (``invert=auto``) and fitted into the model's input size.
+Every header of a request is read before any image is decoded: more than
+``CNN_MAX_REQUEST_PIXELS`` pixels in all is 413 (see :func:`decode_batch`).
 
 Every image of a batch is decoded; if any fails, the whole request is refused
 with 400 and ``errors`` lists *every* bad image as ``{"index", "name", "error"}``
@@ -42,7 +44,8 @@ import json
 import numpy as np
 from flask import current_app
 
-from cnn.images import ALLOWED_FORMATS, ImageError, decode_images, pixels_from_array
+from cnn.images import (ALLOWED_FORMATS, ImageError, PixelBudgetError, decode_images,
+                        pixels_from_array)
 from service.errors import ApiError
 from service.multipart import simple_file_parts
 
@@ -128,6 +131,8 @@ def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None):
             pixels = decode_batch([(data, name) for _, data, name in files], served,
                                   max_pixels, invert, logger)
         except ApiError as exc:  # report the images' positions in the whole batch
+            if "errors" not in exc.extra:
+                raise  # (413: over the request's pixel budget)
             for e in exc.extra.get("errors", []):
                 e["index"] = files[e["index"]][0]
             n = len(names)
@@ -161,9 +166,16 @@ def base64_image(text):
         raise ValueError(f"not valid base64 ({exc})") from None
 
 
-def decode_batch(items, served, max_pixels, invert, logger=None):
-    """uint8 (N, H, W) from [(bytes or ValueError, name)]; ApiError listing every bad one."""
+def decode_batch(items, served, max_pixels, invert, logger=None, max_request_pixels=None):
+    """uint8 (N, H, W) from [(bytes or ValueError, name)]; ApiError listing every bad one.
+
+    Every header is read before anything is decoded: images with more than
+    ``max_request_pixels`` pixels in all (default: the app's
+    ``CNN_MAX_REQUEST_PIXELS``) are 413, which bounds the CPU of a request as
+    ``max_pixels`` (``CNN_MAX_PIXELS``) bounds the memory of one image."""
     _, h, w = served.input_shape
+    if max_request_pixels is None:
+        max_request_pixels = current_app.config["CNN_MAX_REQUEST_PIXELS"]
     errors, good = [], []
     for index, (data, name) in enumerate(items):
         if isinstance(data, Exception):
@@ -185,9 +197,15 @@ def decode_batch(items, served, max_pixels, invert, logger=None):
 
     x = None
     if good:
-        x = decode_images([items[i][0] for i in good], size=(h, w), invert=invert,
-                          max_pixels=max_pixels, allowed_formats=ALLOWED_FORMATS,
-                          on_error=on_error)
+        try:
+            x = decode_images([items[i][0] for i in good], size=(h, w), invert=invert,
+                              max_pixels=max_pixels, allowed_formats=ALLOWED_FORMATS,
+                              on_error=on_error, max_total_pixels=max_request_pixels)
+        except PixelBudgetError as exc:
+            raise ApiError(413, f"the {exc.count} images of this request have "
+                                f"{exc.total:,} pixels in all (width x height), over the "
+                                f"limit of {exc.limit:,} (CNN_MAX_REQUEST_PIXELS): send "
+                                f"fewer or smaller images per request") from None
     if errors:
         errors.sort(key=lambda e: e["index"])
         n = len(items)

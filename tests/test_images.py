@@ -8,17 +8,18 @@ import io
 import pickle
 import re
 import struct
+import tracemalloc
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFile, ImageOps, features
+from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, features
 
 import cnn.images as images_module
-from cnn.images import (ALLOWED_FORMATS, MAX_PIXELS, ImageError, decode_image, decode_images,
-                        pixels_from_array)
+from cnn.images import (ALLOWED_FORMATS, MAX_PIXELS, ImageError, PixelBudgetError, decode_image,
+                        decode_images, pixels_from_array)
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -333,7 +334,7 @@ def test_decompression_bomb_is_rejected_from_the_header(monkeypatch):
         raise AssertionError("pixels were decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
-    with pytest.raises(ImageError, match=r"10000x10000 .*limit of 40,000,000 pixels"):
+    with pytest.raises(ImageError, match=r"10000x10000 .*limit of 12,582,912 pixels"):
         decode_image(data)
 
 
@@ -342,7 +343,7 @@ def test_max_pixels_is_configurable():
     with pytest.raises(ImageError, match="limit of 9,999 pixels"):
         decode_image(data, max_pixels=9_999)
     assert decode_image(data, max_pixels=10_000).shape == (28, 28)
-    assert MAX_PIXELS == 40_000_000
+    assert MAX_PIXELS == 4096 * 3072  # (a 12-megapixel photo; see the comment on MAX_PIXELS)
 
 
 def test_pillow_decompression_bomb_error_becomes_image_error(monkeypatch):
@@ -608,6 +609,175 @@ def test_simple_png_respects_pillows_pixel_limit(monkeypatch):
     assert images_module._simple_png(grey_png(a), MAX_PIXELS) is None
     with pytest.raises(ImageError, match="pixels"):
         decode_image(grey_png(a))
+
+
+# --------------------------------------------------------------------------
+# Cost (issue 9): the work per image follows the model's input, not the upload.
+
+def wide_png(width, height, depth=16, color=0, pixel=b"\x75\x30", extra=()):
+    """A PNG of any size and bit depth repeating ``pixel`` (its bytes, as
+    many pixels as they hold), written row by row: 6000x6000 16-bit grey is
+    ~80 KB, 72 MB of pixels."""
+    z = zlib.compressobj(6)
+    row = b"\x00" + (pixel * width)[:width * {0: 1, 2: 3, 4: 2, 6: 4}[color] * depth // 8]
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n"
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0))
+            + b"".join(_chunk(k, d) for k, d in extra) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))
+
+
+def no_load(*args, **kwargs):
+    raise AssertionError("pixels were decoded")
+
+
+def traced_peak(fn):
+    """Peak bytes allocated through tracemalloc while fn() runs: NumPy's
+    arrays are traced, Pillow's own image memory is not."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_16_bit_png_of_issue_9_is_refused_from_its_header(monkeypatch):
+    data = wide_png(6000, 6000)  # 2.2 s and +1.2 GiB of RSS before the fix
+    assert len(data) < 100_000
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
+    with pytest.raises(ImageError, match=r"6000x6000 = 36,000,000 pixels is over the limit of "
+                                         r"12,582,912"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("pixel, extra", [
+    (b"\x75\x30", ()),                                   # 16-bit grey
+    (b"\x75\x30\x00\x00", ((b"tRNS", b"\x00\x00"),)),    # ... with a transparent grey value
+], ids=["grey16", "grey16-tRNS"])
+def test_16_bit_png_is_not_converted_to_float_at_full_size(monkeypatch, pixel, extra):
+    width, height = 2000, 1500  # 3 M pixels: float64 copies at full size are 24 MB each
+    data = wide_png(width, height, pixel=pixel, extra=extra)
+    peak = traced_peak(lambda: decode_image(data))
+    # (with tRNS, the uint16 pixels, a uint32 copy and the grey and alpha
+    # bytes exist at full size: ~9 bytes a pixel; converting to float64 took 27)
+    assert peak < (10 if extra else 1) * width * height, peak
+    with monkeypatch.context() as m:
+        m.setattr(images_module, "_reduce_factors", lambda w, h, fit: (1, 1))
+        full_size = decode_image(data)
+    assert np.abs(decode_image(data).astype(int) - full_size.astype(int)).max() <= 1
+
+
+def photo(size, mode, seed=0):
+    """A noisy, blurred product photo (dark ellipse and red box on off-white)
+    of any size in any mode; RGBA is transparent outside the ellipse."""
+    w, h = size
+    im = Image.new("RGB", size, (235, 232, 228))
+    draw = ImageDraw.Draw(im)
+    draw.ellipse((w * 0.2, h * 0.15, w * 0.8, h * 0.85), fill=(60, 40, 90))
+    draw.rectangle((w * 0.4, h * 0.3, w * 0.6, h * 0.7), fill=(150, 30, 20))
+    noise = np.random.default_rng(seed).integers(-12, 13, (h, w, 3))
+    im = Image.fromarray(np.clip(np.asarray(im) + noise, 0, 255).astype(np.uint8))
+    im = im.filter(ImageFilter.GaussianBlur(1))
+    if mode == "RGBA":
+        alpha = Image.new("L", size, 0)
+        ImageDraw.Draw(alpha).ellipse((w * 0.2, h * 0.15, w * 0.8, h * 0.85), fill=255)
+        im.putalpha(alpha)
+        return im
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257)
+    if mode in ("P", "P-trns"):
+        return im.quantize(64)
+    return im.convert(mode)
+
+
+@pytest.mark.parametrize("size", [(100, 80), (300, 200), (640, 480)])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "P-trns", "I;16", "CMYK"])
+def test_reducing_before_converting_matches_converting_at_full_size(monkeypatch, mode, size):
+    """Large images are box-reduced in their own mode, then converted: the
+    same result as converting at full size and resizing (the old path), to
+    one grey level; images too small to be reduced are unchanged exactly."""
+    im = photo(size, mode)
+    fmt = "JPEG" if mode == "CMYK" else ("TIFF" if mode == "LA" else "PNG")
+    data = encode(im, fmt, **({"transparency": 0} if mode == "P-trns" else {}))
+    reduced = decode_image(data)
+    with monkeypatch.context() as m:
+        m.setattr(images_module, "_reduce_factors", lambda w, h, fit: (1, 1))
+        full_size = decode_image(data)
+    diff = np.abs(reduced.astype(int) - full_size.astype(int))
+    assert diff.max() <= (0 if size == (100, 80) else 1), diff.max()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "CMYK", "I;16", "I", "F"])
+def test_modes_are_converted_to_grey_after_reducing(monkeypatch, mode):
+    """Opaque images become grey after reducing; transparent ones only become
+    1-byte grey and alpha at full size (to be reduced premultiplied), and
+    16-bit grey 32-bit "I": no wider copy at full size, no float64."""
+    im = photo((900, 600), "L" if mode in ("I", "F") else mode)
+    if mode in ("I", "F"):
+        im = im.convert(mode)
+    data = encode(im, "TIFF")
+    converted = []
+    convert = Image.Image.convert
+
+    def spy(self, target=None, *args, **kwargs):
+        converted.append((self.mode, self.width * self.height, target))
+        return convert(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", spy)
+    assert decode_image(data).shape == (28, 28)
+    full_size = [target for _, pixels, target in converted if pixels > 900 * 600 // 9]
+    assert full_size == {"RGBA": ["L"], "LA": ["L"], "I;16": ["I"]}.get(mode, []), converted
+    assert traced_peak(lambda: decode_image(data)) < 900 * 600  # no full-size NumPy copy
+
+
+def test_rotated_large_jpeg_is_reduced_upright():
+    stored = dark_on_white(size=(800, 400), box=(0, 0, 199, 199))  # mark at top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    data = encode(stored, "JPEG", exif=exif.tobytes(), quality=95)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    expected = decode_image(encode(upright, "PNG"))
+    assert np.abs(decode_image(data).astype(int) - expected.astype(int)).max() <= 12
+
+
+def test_batch_pixel_budget_is_checked_from_the_headers_before_decoding(monkeypatch):
+    rgb = encode(dark_on_white(size=(100, 100)), "PNG")  # 10,000 pixels (Pillow)
+    grey = grey_png(np.zeros((50, 40), np.uint8))        # 2,000 pixels (the fast path)
+    items = [rgb, grey, rgb]
+    assert decode_images(items, max_total_pixels=22_000).shape == (3, 28, 28)
+    monkeypatch.setattr(images_module, "_load", no_load)
+    for on_error in (None, lambda i, e: None):  # (a batch error, whatever on_error)
+        with pytest.raises(PixelBudgetError, match=r"the 3 images have 22,000 pixels in all "
+                                                   r".* limit of 21,999 pixels") as info:
+            decode_images(items, max_total_pixels=21_999, on_error=on_error)
+        assert (info.value.total, info.value.limit, info.value.count) == (22_000, 21_999, 3)
+    assert isinstance(info.value, ValueError)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert str(copy) == str(info.value)
+
+
+def test_batch_pixel_budget_counts_readable_images_and_reports_the_rest(tmp_path):
+    rgb = encode(dark_on_white(size=(100, 100)), "PNG")
+    errors = []
+    out = decode_images([rgb, b"not an image", rgb], max_total_pixels=20_000,
+                        on_error=lambda i, e: errors.append((i, type(e))))
+    assert errors == [(1, ImageError)] and out[1].max() == 0
+    np.testing.assert_array_equal(out[0], decode_image(rgb))
+    with pytest.raises(ImageError, match="image 1: not a recognised image"):
+        decode_images([rgb, b"not an image"], max_total_pixels=10**9)
+    paths = []
+    for i, data in enumerate([rgb, grey_png(np.full((30, 30), 9, np.uint8)), rgb]):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(data)
+    np.testing.assert_array_equal(decode_images(paths, max_total_pixels=21_000),
+                                  decode_images(paths))
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, 1.5, "100"])
+def test_bad_max_total_pixels_is_a_caller_error(bad):
+    with pytest.raises(ValueError, match="max_total_pixels must be a positive int"):
+        decode_images([encode(light_on_black(), "PNG")], max_total_pixels=bad)
 
 
 def test_image_error_is_a_value_error_and_pickles():

@@ -5,8 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from cnn.images import decode_images, pixels_from_array
+import cnn.images as images_module
+from cnn.images import MAX_TOTAL_PIXELS, decode_images, pixels_from_array
+from service.config import load_config
 from tests.service.helpers import bilevel_png, image_bytes, png_bytes, random_images
 
 
@@ -226,6 +229,58 @@ def test_max_pixels_setting(make_app, models_dir):
     body = assert_error(r, 400)
     assert [e["index"] for e in body["errors"]] == [0]
     assert "over the limit of 100 pixels" in body["errors"][0]["error"]
+
+
+def sixteen_bit_png(width, height):
+    """A uniform 16-bit grey PNG (1024x768: ~3 KB, 1.5 MB of pixels)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width), 30000, np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_request_pixel_budget_is_413_before_decoding(make_app, models_dir, monkeypatch):
+    client = make_app(models_dir, CNN_MAX_REQUEST_PIXELS=1_000).test_client()
+    img = png_bytes(np.zeros((20, 20), np.uint8))  # 400 pixels
+    assert post_files(client, (img, "a.png"), (img, "b.png")).status_code == 200
+    monkeypatch.setattr(images_module, "_load", no_decode)
+    body = assert_error(post_files(client, (img, "a.png"), (img, "b.png"), (img, "c.png")), 413)
+    assert body["error"] == ("the 3 images of this request have 1,200 pixels in all (width x "
+                             "height), over the limit of 1,000 (CNN_MAX_REQUEST_PIXELS): send "
+                             "fewer or smaller images per request")
+    # base64 JSON, one image/* body and multipart with a .npy part: the same answer
+    b64 = base64.b64encode(img).decode()
+    r = client.post("/predict", json={"images": [b64, b64, b64]})
+    assert "1,200 pixels" in assert_error(r, 413)["error"]
+    client = make_app(models_dir, CNN_MAX_REQUEST_PIXELS=399).test_client()
+    r = client.post("/predict", data=img, content_type="image/png")
+    assert "CNN_MAX_REQUEST_PIXELS" in assert_error(r, 413)["error"]
+    npy = io.BytesIO()
+    np.save(npy, np.zeros((2, 28, 28), np.uint8))
+    r = post_files(client, (npy.getvalue(), "batch.npy"), (img, "a.png"))
+    assert "the 1 images of this request have 400 pixels" in assert_error(r, 413)["error"]
+
+
+def test_default_limits_refuse_issue_9_uploads_without_decoding(client, monkeypatch):
+    """256 small 16-bit files of 1024x768 (200 M pixels in all, ~0.8 MB) are
+    refused from their headers; so is one 6000x6000 file."""
+    monkeypatch.setattr(images_module, "_load", no_decode)
+    data = sixteen_bit_png(1024, 768)
+    r = post_files(client, *[(data, f"{i}.png") for i in range(256)])
+    assert "201,326,592 pixels" in assert_error(r, 413)["error"]
+    body = assert_error(post_files(client, (bilevel_png(6000, 6000), "huge.png")), 400)
+    assert "over the limit of 12,582,912 pixels" in body["errors"][0]["error"]
+
+
+def test_request_pixel_budget_setting_is_checked():
+    config, _ = load_config(environ={"CNN_MAX_REQUEST_PIXELS": "2_000_000"})
+    assert config["CNN_MAX_REQUEST_PIXELS"] == 2_000_000
+    assert load_config(environ={})[0]["CNN_MAX_REQUEST_PIXELS"] == MAX_TOTAL_PIXELS
+    with pytest.raises(ValueError, match="CNN_MAX_REQUEST_PIXELS"):
+        load_config(environ={"CNN_MAX_REQUEST_PIXELS": "lots"})
+
+
+def no_decode(*args, **kwargs):
+    raise AssertionError("an image was decoded")
 
 
 def test_format_not_allowed(client):
