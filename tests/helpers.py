@@ -130,3 +130,15 @@ def poison_kernel_outputs(monkeypatch):
     import importlib
     for name in KERNEL_MODULES:
         monkeypatch.setattr(importlib.import_module(name), "np", NaNFilledNumPy())
+
+
+def repeat_for(seconds, values, at_least=3):
+    """Cycle through ``values`` for ``seconds`` (and at least ``at_least`` items): for
+    checks of races, which show in most runs but not every one."""
+    import itertools
+    import time
+    end = time.perf_counter() + seconds
+    for i, value in enumerate(itertools.cycle(values)):
+        if i >= at_least and time.perf_counter() > end:
+            return
+        yield value
