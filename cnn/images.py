@@ -47,7 +47,7 @@ ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM"}
 #: 3.8 MiB and 14 ms, progressive 4:4:4 JPEG 5.8 MiB and 13 ms, 16-bit grey PNG
 #: 1.9 MiB and 7 ms, 8-bit grey or palette PNG and GIF 1 MiB and 3 ms.
 #: 4096 x 3072 (12.6 M pixels: any 12-megapixel camera photo) keeps the worst of
-#: them near 190 MiB and 0.2 s, within the service's target of 256 MiB and 1 s.
+#: them near 190 MiB and 0.3 s, within the service's target of 256 MiB and 1 s.
 MAX_PIXELS = 4096 * 3072
 
 #: Default budget of the service (CNN_MAX_REQUEST_PIXELS) for the summed
@@ -255,15 +255,20 @@ def decode_image(data, *, size=(28, 28), invert="auto", max_pixels=MAX_PIXELS,
 
     1. Open with Pillow, trying only ``allowed_formats``; anything else is an
        :class:`ImageError`, as are unreadable, corrupt and truncated files.
-    2. Reject images whose header says width * height > ``max_pixels``, before
-       any pixel is decoded (decompression bombs). Pillow's own process-wide
+    2. Reject images whose header says width * height > ``max_pixels``
+       (default :data:`MAX_PIXELS`, 4096 x 3072), before any pixel is decoded
+       (decompression bombs, and the memory of one decode). Pillow's own process-wide
        ``Image.MAX_IMAGE_PIXELS`` check still runs too (it refuses more than
        twice that, about 179M pixels by default, and warns above it).
-    3. Decode the first frame only (animated GIF/WEBP, multi-page TIFF) and
-       apply the EXIF orientation tag (unreadable EXIF is ignored).
+    3. Decode the first frame only (animated GIF/WEBP, multi-page TIFF; JPEG
+       scaled down by up to 8 while decoding) and apply the EXIF orientation
+       tag (unreadable EXIF is ignored). An image more than 6 times the target
+       size is then box-reduced (``Image.reduce``, in its own mode) to between
+       3 and 6 times it: the reduction that step 6's resize would begin with.
     4. Convert any mode to grayscale (ITU-R 601 luma; 16-bit and 32-bit
        samples are scaled down, not clipped) plus an alpha channel, from RGBA,
-       LA, PA or a palette / grey / RGB "transparency" colour.
+       LA, PA or a palette / grey / RGB "transparency" colour. Converting
+       after reducing gives the full-size result to within one grey level.
     5. Invert so the object comes out light on black, as the model expects:
 
        * ``invert=True`` always inverts, ``invert=False`` never does;
