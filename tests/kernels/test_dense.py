@@ -90,6 +90,31 @@ def test_thread_counts_agree(dtype, shape):
         np.testing.assert_array_equal(grads[2], ref_grads[2])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,D,M,threads", [
+    (1, 9, 6, 1),          # one-row products: out (GEMV on w), dx (GEMV on w.T)
+    (5, 4, 1, 1),          # one column: out, untransposed x; dw one row of dout.T
+    (6, 1, 4, 1),          # one input: dx and dw one column, contiguous
+    (100, 3, 28000, 2),    # dx, dw: a thread's one-column slice of w and x (stride D)
+], ids=["one-row", "one-output", "one-input", "thread-slice-of-inputs"])
+# (A thread's one-column slice of the outputs, N=1400 D=2000 M=3, is in test_small_cases.)
+def test_gemv_branches(N, D, M, threads, dtype):
+    """Products with one row or one column of output go to GEMV (pyx/gemm.pxi), each
+    way round; a thread's one-column block reads its column with a stride."""
+    from cnn._blas_threads import GEMM_WORK_PER_THREAD
+    assert threads == 1 or N * D * M >= threads * GEMM_WORK_PER_THREAD
+    rng = np.random.default_rng(N + D + M)
+    x, w, b = make_dense(rng, N, D, M, dtype)
+    dout = rng.standard_normal((N, M)).astype(dtype)
+    out, cache = get_backend("cython").dense_forward(x, w, b, threads=threads)
+    dx, dw, db = get_backend("cython").dense_backward(dout, cache, threads=threads)
+    x64, w64, d64 = x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64)
+    assert_close(out, (x64 @ w64.T + b).astype(dtype), dtype, "out")
+    assert_close(dx, (d64 @ w64).astype(dtype), dtype, "dx")
+    assert_close(dw, (d64.T @ x64).astype(dtype), dtype, "dw")
+    assert_close(db, d64.sum(axis=0).astype(dtype), dtype, "db")
+
+
 @pytest.mark.parametrize("backend", ["cython", "python", "naive"])
 def test_non_contiguous_inputs(backend):
     rng = np.random.default_rng(3)

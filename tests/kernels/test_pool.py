@@ -139,6 +139,25 @@ def test_maxpool_overlapping_windows_accumulate(backend, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("transpose", [False, True], ids=["5x4", "4x5"])
+def test_avgpool_2x2_on_odd_sizes_by_hand(backend, dtype, transpose, nan_outputs):
+    """2x2 stride-2 windows on an odd height or width: the last row or column is in
+    no window, so it pools nothing and gets a zero gradient (set, not left as is)."""
+    x = np.arange(20, dtype=dtype).reshape(1, 1, 5, 4)
+    want = np.array([[2.5, 4.5], [10.5, 12.5]], dtype)
+    if transpose:
+        x, want = x.transpose(0, 1, 3, 2).copy(), want.T
+    ops = get_backend(backend)
+    out, cache = ops.avgpool2d_forward(x, 2)
+    np.testing.assert_array_equal(out[0, 0], want)
+    dx = ops.avgpool2d_backward(np.full_like(out, 4), cache)
+    expected = np.zeros_like(x)
+    expected[..., :4, :4] = 1
+    np.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_avgpool_overlapping_windows_accumulate(backend, dtype):
     ops = get_backend(backend)
     out, cache = ops.avgpool2d_forward(np.array([[OVERLAP_X]], dtype), 2, 1)
