@@ -32,10 +32,17 @@ service.inputs) and answers ``{"model", "version", "predictions": [{"index",
 integer from 1 to the number of classes; ``invert`` is ``auto`` (default),
 ``true`` or ``false``.
 
+Request bodies are read before any view, within ``CNN_MAX_CONTENT_LENGTH``
+bytes and ``CNN_BODY_TIMEOUT`` seconds whatever the transfer encoding
+(service.body); with ``CNN_API_TOKEN`` set, every endpoint but the health
+checks and ``/openapi.json`` needs ``Authorization: Bearer <token>``
+(service.auth).
+
 Errors are always JSON ``{"error": "..."}``: 400 bad input (undecodable images
 with the per-image ``errors`` list, bad JSON, NaN, wrong shapes or dtypes, bad
 base64, bad .npy files, bad ``top_k``, empty batch), 404 unknown URL or model,
-405 wrong method, 413 body over ``CNN_MAX_CONTENT_LENGTH`` or more than
+401 missing or wrong bearer token, 405 wrong method, 408 body not sent within
+``CNN_BODY_TIMEOUT``, 413 body over ``CNN_MAX_CONTENT_LENGTH`` or more than
 ``CNN_MAX_IMAGES`` images, 415 unsupported Content-Type, 503 no model loaded.
 Unexpected failures are logged and answered 500 ``{"error": "internal server
 error"}``.
@@ -47,6 +54,7 @@ workers x kernel threads stay within the cores.
 
 Configuration: see service.config (``CNN_MODEL_DIR``, ``CNN_DEFAULT_MODEL``,
 ``CNN_MAX_CONTENT_LENGTH``, ``CNN_MAX_IMAGES``, ``CNN_MAX_PIXELS``,
+``CNN_BODY_TIMEOUT``, ``CNN_API_TOKEN``, ``CNN_MAX_MODEL_BYTES``,
 ``CNN_WORKERS``, ``CNN_THREADS``, ``CNN_BACKEND``), set in the environment or
 passed in ``test_config`` (which also takes Flask settings such as TESTING).
 """
@@ -55,7 +63,7 @@ import logging
 from flask import Flask, Request
 from werkzeug.datastructures import ImmutableMultiDict
 
-from service import api, errors, metrics, openapi, v2, web
+from service import api, auth, body, errors, metrics, openapi, v2, web
 from service.config import load_config
 from service.models import ModelRegistry
 
@@ -117,12 +125,16 @@ def create_app(test_config=None):
     registry = ModelRegistry(
         settings["CNN_MODEL_DIR"], default=settings["CNN_DEFAULT_MODEL"],
         backend=settings["CNN_BACKEND"], threads=settings["CNN_THREADS"], logger=app.logger,
-        on_failure=lambda name: m.load_failures.labels(name).inc()).load()
+        on_failure=lambda name: m.load_failures.labels(name).inc(),
+        max_bytes=settings["CNN_MAX_MODEL_BYTES"]).load()
     m.models_loaded.set(len(registry.models))
     app.extensions["cnn"] = ServiceState(registry, m)
 
     errors.register(app)
     metrics.init_app(app)
+    # In this order: an anonymous client is refused before its body is read.
+    app.before_request(auth.check_token)
+    app.before_request(body.read_body)
 
     @app.after_request
     def _security_headers(response):

@@ -11,6 +11,13 @@ key in ``app.config`` (and in ``test_config``):
                            loaded model
 ``CNN_MAX_CONTENT_LENGTH`` largest request body in bytes (16 MiB); larger -> 413
 ``CNN_MAX_IMAGES``         most images in one request (256); more -> 413
+``CNN_MAX_MODEL_BYTES``    most bytes one weights file's arrays may take
+                           (``cnn.io.MAX_BYTES``, 256 MiB); a larger file is refused
+                           before it is read, the others are still served
+``CNN_BODY_TIMEOUT``       seconds a client has to send the whole request body (20);
+                           slower -> 408 (service.body)
+``CNN_API_TOKEN``          when set, requests need ``Authorization: Bearer <token>``
+                           (health endpoints excepted; service.auth); default: none
 ``CNN_MAX_PIXELS``         largest width x height of an uploaded image, checked
                            from its header before decoding (``cnn.images.MAX_PIXELS``,
                            4096 x 3072: it bounds the memory one image can cost)
@@ -35,6 +42,7 @@ import os
 from cnn._threads import available_cores
 from cnn.backends import BACKENDS, BackendUnavailable, get_backend
 from cnn.images import MAX_PIXELS, MAX_TOTAL_PIXELS
+from cnn.io import MAX_BYTES
 
 MiB = 1024 * 1024
 
@@ -43,6 +51,9 @@ DEFAULTS = {
     "CNN_DEFAULT_MODEL": None,
     "CNN_MAX_CONTENT_LENGTH": 16 * MiB,
     "CNN_MAX_IMAGES": 256,
+    "CNN_BODY_TIMEOUT": 20,
+    "CNN_MAX_MODEL_BYTES": MAX_BYTES,
+    "CNN_API_TOKEN": None,
     "CNN_MAX_PIXELS": MAX_PIXELS,
     "CNN_MAX_REQUEST_PIXELS": MAX_TOTAL_PIXELS,
     "CNN_WORKERS": 1,
@@ -50,9 +61,9 @@ DEFAULTS = {
     "CNN_BACKEND": None,
 }
 
-_INT_KEYS = ("CNN_MAX_CONTENT_LENGTH", "CNN_MAX_IMAGES", "CNN_MAX_PIXELS",
-             "CNN_MAX_REQUEST_PIXELS", "CNN_WORKERS", "CNN_THREADS")
-_STR_KEYS = ("CNN_MODEL_DIR", "CNN_DEFAULT_MODEL", "CNN_BACKEND")
+_INT_KEYS = ("CNN_MAX_CONTENT_LENGTH", "CNN_MAX_IMAGES", "CNN_BODY_TIMEOUT", "CNN_MAX_PIXELS",
+             "CNN_MAX_MODEL_BYTES", "CNN_MAX_REQUEST_PIXELS", "CNN_WORKERS", "CNN_THREADS")
+_STR_KEYS = ("CNN_MODEL_DIR", "CNN_DEFAULT_MODEL", "CNN_BACKEND", "CNN_API_TOKEN")
 
 
 def _positive_int(value, key):

@@ -40,6 +40,7 @@ import base64
 import binascii
 import io
 import json
+import re
 
 import numpy as np
 from flask import current_app
@@ -349,8 +350,18 @@ def npy_pixels(body, served, max_images, what="the request body"):
         raise ApiError(400, f"{what}: {exc}") from None
 
 
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
 def _short(exc, limit=200):
+    """An exception's message for a client: short, and without the Python object
+    reprs (``<ast.Call object at 0x7f...>``) of a parser's internals."""
     text = str(exc).strip() or type(exc).__name__
+    if text.startswith("malformed node or string"):   # ast.literal_eval on the .npy header
+        text = ("it must be a dictionary of plain literals (strings, numbers, booleans, "
+                "tuples) as np.save writes it")
+    text = _OBJECT_REPR.sub("an expression", text)
+    text = re.sub(r"0x[0-9a-fA-F]{6,}", "an address", text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -38,6 +38,7 @@ import threading
 
 from cnn.io import ModelFileError, load_model
 from service.errors import ApiError
+from service.offload import run_blocking
 
 
 class ServedModel:
@@ -64,9 +65,10 @@ class ServedModel:
         self.sha256 = _sha256(path)
 
     def predict_proba(self, x):
-        """Class probabilities (N, K) of raw pixels, one forward pass at a time."""
+        """Class probabilities (N, K) of raw pixels, one forward pass at a time
+        (off the event loop under gevent: service.offload)."""
         with self.lock:
-            return self.model.predict_proba(x)
+            return run_blocking(self.model.predict_proba, x)
 
     def describe(self, default=False):
         arch = self.meta.get("architecture") or {}

@@ -243,3 +243,12 @@ def test_unexpected_load_error_is_not_shown(make_app, models_dir, monkeypatch):
     assert failed == [{"name": "tiny", "file": "tiny.npz", "error": "tiny.npz: could not be "
                        "loaded (an unexpected error; the server log has the details)"}]
     assert_no_server_paths(assert_error(client.get("/ready"), 503), models_dir)
+
+
+def test_the_weights_file_cap_is_a_setting(make_app, models_dir):
+    client = make_app(models_dir, CNN_MAX_MODEL_BYTES=1000).test_client()
+    body = client.get("/ready").get_json()
+    assert body["ready"] is False and body["models"] == []
+    [failed] = body["failed"]
+    assert failed["file"] == "tiny.npz" and "1000 bytes limit" in failed["error"]
+    assert make_app(models_dir).test_client().get("/ready").status_code == 200
