@@ -42,8 +42,8 @@ Errors are always JSON ``{"error": "..."}``: 400 bad input (undecodable images
 with the per-image ``errors`` list, bad JSON, NaN, wrong shapes or dtypes, bad
 base64, bad .npy files, bad ``top_k``, empty batch), 404 unknown URL or model,
 401 missing or wrong bearer token, 405 wrong method, 408 body not sent within
-``CNN_BODY_TIMEOUT``, 413 body over ``CNN_MAX_CONTENT_LENGTH`` or more than
-``CNN_MAX_IMAGES`` images, 415 unsupported Content-Type, 503 no model loaded.
+``CNN_BODY_TIMEOUT``, 413 body over ``CNN_MAX_CONTENT_LENGTH``, more than
+``CNN_MAX_IMAGES`` images or ``CNN_MAX_REQUEST_PIXELS`` pixels, 415 unsupported Content-Type, 503 no model loaded.
 Unexpected failures are logged and answered 500 ``{"error": "internal server
 error"}``.
 
@@ -54,7 +54,7 @@ workers x kernel threads stay within the cores.
 
 Configuration: see service.config (``CNN_MODEL_DIR``, ``CNN_DEFAULT_MODEL``,
 ``CNN_MAX_CONTENT_LENGTH``, ``CNN_MAX_IMAGES``, ``CNN_MAX_PIXELS``,
-``CNN_BODY_TIMEOUT``, ``CNN_API_TOKEN``, ``CNN_MAX_MODEL_BYTES``,
+``CNN_MAX_REQUEST_PIXELS``, ``CNN_BODY_TIMEOUT``, ``CNN_API_TOKEN``, ``CNN_MAX_MODEL_BYTES``,
 ``CNN_WORKERS``, ``CNN_THREADS``, ``CNN_BACKEND``), set in the environment or
 passed in ``test_config`` (which also takes Flask settings such as TESTING).
 """
