@@ -43,7 +43,8 @@ with the per-image ``errors`` list, bad JSON, NaN, wrong shapes or dtypes, bad
 base64, bad .npy files, bad ``top_k``, empty batch), 404 unknown URL or model,
 401 missing or wrong bearer token, 405 wrong method, 408 body not sent within
 ``CNN_BODY_TIMEOUT``, 413 body over ``CNN_MAX_CONTENT_LENGTH``, more than
-``CNN_MAX_IMAGES`` images or ``CNN_MAX_REQUEST_PIXELS`` pixels, 415 unsupported Content-Type, 503 no model loaded.
+``CNN_MAX_IMAGES`` images or ``CNN_MAX_REQUEST_PIXELS`` pixels, 415 unsupported
+Content-Type, 503 no model loaded.
 Unexpected failures are logged and answered 500 ``{"error": "internal server
 error"}``.
 
