@@ -355,6 +355,19 @@ def test_normalizer_uint8_and_float_agree():
     assert abs(float(out.mean())) < 1e-5 and float(out.std()) == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_normalizer_float_pixels_by_hand(dtype):
+    """Float 0-1 pixels: (x - mean) / std with no rescaling by 255; values exact in
+    binary, so the answer is too. fit() on the same floats: mean 0.5, var 5/32."""
+    x = np.array([[[0.0, 0.25], [0.75, 1.0]]], dtype)
+    out = Normalizer(0.25, 0.5)(x)
+    assert out.dtype == np.float32 and out.shape == (1, 1, 2, 2)
+    np.testing.assert_array_equal(out[0, 0], [[-0.5, 0.0], [1.0, 1.5]])
+    np.testing.assert_array_equal(Normalizer(0.25, 0.5)(x[:, None]), out)
+    fitted = Normalizer.fit(x)
+    assert fitted.mean == 0.5 and fitted.std == pytest.approx(np.sqrt(5 / 32), rel=1e-12)
+
+
 @pytest.mark.parametrize("x, match", [
     (np.zeros((2, 3, 3), np.int64), "dtype int64"),
     (np.zeros((2, 3), np.uint8), r"shape \(N, H, W\) or \(N, 1, H, W\)"),

@@ -135,6 +135,34 @@ def test_weight_decay_applies_to_weights_not_biases(make):
         np.testing.assert_allclose(model.arrays["w"], 0.95 * before["w"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_moves_one_dimensional_parameters_exactly_as_adam(dtype):
+    """AdamW's decay touches weights only: with the same gradients, biases and
+    batch-norm scales/shifts follow plain Adam bit for bit, step after step,
+    while every weight ends up smaller than Adam's."""
+    rng = np.random.default_rng(0)
+    init = {"conv": rng.standard_normal((2, 1, 3, 3)), "w": rng.standard_normal((3, 4)),
+            "b": rng.standard_normal(3), "gamma": 1 + rng.random(4),
+            "beta": rng.standard_normal(4)}
+    models = [Params(**init), Params(**init)]
+    for m in models:
+        for k in m.arrays:
+            m.arrays[k] = m.arrays[k].astype(dtype)
+            m.grads[k] = m.grads[k].astype(dtype)
+    adam = Adam(models[0], lr=0.05)
+    adamw = Adam(models[1], lr=0.05, weight_decay=0.3, decoupled=True)
+    for _ in range(3):
+        grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in init.items()}
+        for m, opt in zip(models, (adam, adamw)):
+            for k, g in grads.items():
+                m.grads[k][...] = g
+            opt.step()
+    for k in ("b", "gamma", "beta"):
+        np.testing.assert_array_equal(models[1].arrays[k], models[0].arrays[k], err_msg=k)
+    for k in ("conv", "w"):
+        assert not np.allclose(models[1].arrays[k], models[0].arrays[k]), k
+
+
 def test_weight_decay_adds_to_the_gradient():
     model = Params(w=[[2.0]], b=[2.0])
     opt = SGD(model, lr=0.1, momentum=0.0, weight_decay=0.5)
