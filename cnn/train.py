@@ -21,6 +21,7 @@ status 74, the earlier files intact. The service serves only *.npz files, so
 --out gets the suffix when it has none.
 """
 import argparse
+import contextlib
 import datetime
 import hashlib
 import io
@@ -29,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -90,7 +92,8 @@ def build_parser():
                    help="continue a stopped run from its checkpoint (default: the one "
                         "beside --out) with the run's own settings; other values of "
                         "them are an error, except --epochs (changes the run's length "
-                        "and so its learning-rate schedule), --threads, --backend")
+                        "and so its learning-rate schedule), --threads, --backend and "
+                        "--data-dir (checked to hold the same images)")
     p.add_argument("--checkpoint-every", type=steps_or_seconds, default=("seconds", 60.0),
                    metavar="STEPS|TIME",
                    help="also save the checkpoint within epochs, every STEPS training "
@@ -272,6 +275,20 @@ def data_fingerprint(images, labels):
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Hold Ctrl-C until the block ends: a checkpoint is saved and recorded as
+    saved together, so the interrupt message never misses one."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class OutputError(Exception):
     """A file of the run could not be written; its earlier version is intact."""
 
@@ -436,12 +453,13 @@ def run(argv=None):
     def save_checkpoint(epochs_done, where):
         nonlocal saved_at, last_save
         opt_meta, opt_arrays = optimizer.state_dict()
-        write_output(ckpt_file, lambda: save_model(ckpt_file, model, checkpoint={
-            "epoch": epochs_done, "position": where, "args": run_args,
-            "optimizer": opt_meta, "rng": rng.bit_generator.state,
-            "model_rng": model.rng.bit_generator.state, "history": history,
-            "data_sha256": fingerprint}, optimizer_arrays=opt_arrays))
-        saved_at = {"epoch": epochs_done, "step": where["step"] if where else 0}
+        with ctrl_c_deferred():
+            write_output(ckpt_file, lambda: save_model(ckpt_file, model, checkpoint={
+                "epoch": epochs_done, "position": where, "args": run_args,
+                "optimizer": opt_meta, "rng": rng.bit_generator.state,
+                "model_rng": model.rng.bit_generator.state, "history": history,
+                "data_sha256": fingerprint}, optimizer_arrays=opt_arrays))
+            saved_at = {"epoch": epochs_done, "step": where["step"] if where else 0}
         last_save = time.monotonic()
 
     def on_step_end(epoch, done, position):

@@ -79,7 +79,7 @@ def model(trained):
 
 @pytest.mark.parametrize("module, flags", [
     ("cnn.train", ["--arch", "--epochs", "--lr", "--batch-size", "--out", "--resume",
-                   "--data-dir"]),
+                   "--data-dir", "--checkpoint-every", "*.npz"]),
     ("cnn.evaluate", ["MODEL", "--data-dir", "--batch-size", "--backend", "--threads",
                       "--json"]),
     ("cnn.predict", ["MODEL", "IMAGE", "--top", "--invert", "--json"]),

@@ -241,8 +241,8 @@ def test_interrupt_names_only_what_this_run_saved(workdir, procs):
     assert (workdir / "run/m.ckpt").read_bytes() == earlier
 
     # Interrupted after a checkpoint within the epoch: the full command to continue.
-    proc = start(workdir, "--limit", 24, "--batch-size", 1, "--backend", "naive",
-                 "--epochs", 1, "--out", "run/m.npz", "--checkpoint-every", 3)
+    proc = start(workdir, "--limit", 80, "--batch-size", 1, "--backend", "naive",
+                 "--epochs", 1, "--out", "run/m.npz", "--checkpoint-every", 2)
     procs.append(proc)
     wait_for(lambda: has_position(workdir / "run/m.ckpt"), proc)
     proc.send_signal(signal.SIGINT)
