@@ -232,7 +232,7 @@ SCHEMAS = {
     "V2InferRequest": {
         "type": "object", "required": ["inputs"],
         "properties": {
-            "id": _STR,
+            "id": {**_NULLABLE_STR, "description": "echoed in the answer (null: none)"},
             "parameters": {"type": "object"},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1,
                        "items": _ref("V2InputTensor")},

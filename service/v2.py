@@ -118,6 +118,8 @@ def infer(name, version=None):
         if not isinstance(requested, list) or not all(
                 isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested):
             raise ApiError(400, "'outputs' must be a list of objects with a 'name'")
+        if not all(isinstance(o.get("parameters", {}), dict) for o in requested):
+            raise ApiError(400, "output 'parameters' must be an object")
         if requested:
             wanted = []
             for o in requested:

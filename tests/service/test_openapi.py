@@ -33,6 +33,8 @@ from service.auth import OPEN_PATHS
 # not_a_server_error would also count the documented 503s)
 CHECKS = [st_checks.status_code_conformance, st_checks.content_type_conformance,
           st_checks.response_schema_conformance, st_checks.response_headers_conformance]
+# and the service refuses what the document says is invalid (4xx)
+FUZZ_CHECKS = CHECKS + [st_checks.negative_data_rejection]
 # per operation; CNN_FUZZ_EXAMPLES=500 for a longer local hunt
 MAX_EXAMPLES = int(os.environ.get("CNN_FUZZ_EXAMPLES", 20))
 
@@ -148,7 +150,7 @@ def test_fuzz(case):
     response = case.call(headers={"Authorization": f"Bearer {TOKEN}"})
     STATUSES[case.operation.label, case.media_type, response.status_code] += 1
     assert response.status_code != 500, response.text
-    case.validate_response(response, checks=CHECKS)
+    case.validate_response(response, checks=FUZZ_CHECKS)
 
 
 def _plain_case(operation, document, name):
@@ -196,3 +198,16 @@ def test_the_documented_503s_when_the_model_failed_to_load(make_app, tmp_path):
                   "GET /v2/", "GET /v2/health/live"}
     assert {label for label, status in statuses.items() if status == 503} \
         == set(statuses) - model_free, statuses
+
+
+def test_v2_output_parameters_must_be_an_object(client):
+    # found by the fuzz (negative data): request and input `parameters` were
+    # checked, an output's were not; the document says object for all three
+    body = {"inputs": [{"name": "input", "shape": [1, 28, 28], "datatype": "UINT8",
+                        "data": [0] * 784}],
+            "outputs": [{"name": "labels", "parameters": 5}]}
+    response = client.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 400
+    assert "output 'parameters' must be an object" in response.get_json()["error"]
+    body["outputs"][0]["parameters"] = {"binary_data": False}  # unknown: ignored
+    assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
