@@ -1,18 +1,19 @@
 """The OpenAPI 3 description of the service, served at ``GET /openapi.json``.
 
-One document for every route of the app (tests/service/test_openapi.py checks
-both ways that it lists exactly the app's URL rules and methods, validates it
-as OpenAPI 3.0, and fuzzes the app against it with schemathesis: no 500 and
-every answer documented). Built here as Python data rather than a static file
-so the shared parts (the error body, the 401 of the token auth, path
-parameters) are written once and the examples are generated.
+One document (``DOCUMENT``, OpenAPI 3.0) for every route of the app: each
+status an operation can answer (400, 401, 404, 408, 413, 415, 503) with the
+``{"error": ...}`` body, the request bodies of /predict (multipart, JSON images
+or pixels, application/x-npy, image/*) and of V2 inference, and the bearer
+token (service.auth) as an http ``bearer`` security scheme that every
+operation but the health checks and this document requires. Methods a path
+does not list answer 405 (with ``Allow``) and unknown URLs 404, both with the
+error body.
 
-Authentication: when the server sets ``CNN_API_TOKEN``, every endpoint but
-the health checks (/health, /ready, /v2/health/*) and this document needs
-``Authorization: Bearer <token>`` and answers 401 ``{"error": ...}`` with
-``WWW-Authenticate: Bearer`` otherwise; without it, nothing is checked.
-Methods a path does not list answer 405 with an ``Allow`` header, unknown URLs
-404, both with the error body.
+Built as Python data rather than kept as a static file so that the shared
+parts (error responses, path parameters, the 401) are written once and the
+examples are generated. tests/service/test_openapi.py keeps it true: it
+validates it, compares it with the app's URL rules both ways and fuzzes the
+app against it with schemathesis (no 500, every answer as documented).
 """
 import copy
 
@@ -30,15 +31,13 @@ def _ref(name):
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema, description, example=None):
-    content = {"schema": schema}
-    if example is not None:
-        content["example"] = example
-    return {"description": description, "content": {"application/json": content}}
+def _json(schema, description):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _error(description):
-    return {"$ref": f"#/components/responses/{description}"}
+def _error(name):
+    """One of the error RESPONSES (an ``{"error": ...}`` body)."""
+    return {"$ref": f"#/components/responses/{name}"}
 
 
 DESCRIPTION = (

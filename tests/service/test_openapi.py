@@ -20,11 +20,10 @@ import shutil
 
 import numpy as np
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
-import schemathesis
 from schemathesis import checks as st_checks
 
 from service.auth import OPEN_PATHS
@@ -56,7 +55,9 @@ def npy_files(draw):
 
 
 schemathesis.openapi.media_type("application/x-npy", npy_files())
-STATUSES = collections.Counter()  # (operation, phase, body type, status) of the fuzz
+# what the fuzz sent and got, to look at after a run:
+# {(operation, schemathesis phase, body media type, status): count}
+STATUSES = collections.Counter()
 TOKEN = "fuzz-token"
 
 
