@@ -17,6 +17,7 @@ Endpoints
 ``GET``     ``/models/<name>``                           one model: shapes, classes, architecture,
                                                          parameters, test accuracy, dates
 ``GET``     ``/metrics``                                 Prometheus metrics (service.metrics)
+``GET``     ``/openapi.json``                            OpenAPI 3 description (service.openapi)
 ``GET``     ``/v2``                                      Open Inference Protocol server metadata
 ``GET``     ``/v2/health/live``, ``/v2/health/ready``    OIP health
 ``GET``     ``/v2/models/<name>[/versions/<v>]``         OIP model metadata
@@ -109,7 +110,7 @@ def _limit_blas_threads(threads, logger):
 
 def create_app(test_config=None):
     """The Flask app: configuration, models of this process, blueprints, handlers."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)   # no static files: no /static route
     app.request_class = ServiceRequest
     settings, flask_settings = load_config(test_config)
     app.config.update(settings)
