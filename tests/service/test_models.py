@@ -252,3 +252,31 @@ def test_the_weights_file_cap_is_a_setting(make_app, models_dir):
     [failed] = body["failed"]
     assert failed["file"] == "tiny.npz" and "1000 bytes limit" in failed["error"]
     assert make_app(models_dir).test_client().get("/ready").status_code == 200
+
+
+def test_forward_pass_lock_is_handed_over_in_arrival_order():
+    import threading
+    import time
+    from service.models import FifoLock
+    lock, order, threads = FifoLock(), [], []
+    lock.acquire()
+
+    def take(i):
+        with lock:
+            order.append(i)
+
+    for i in range(6):
+        t = threading.Thread(target=take, args=(i,))
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 5
+        while len(lock._waiters) < i + 1:   # queued before the next one starts
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    lock.release()
+    for t in threads:
+        t.join(timeout=5)
+    assert order == list(range(6))
+    assert lock.acquire() and (lock.release() is None)
+    with pytest.raises(RuntimeError, match="unlocked"):
+        lock.release()
