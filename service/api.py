@@ -6,8 +6,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from service.errors import ApiError
 from service.inputs import (NPY_CONTENT_TYPE, check_count, decode_batch, json_image_items,
-                            json_pixels, multipart_batch, multipart_items, npy_pixels,
-                            read_json)
+                            json_pixels, json_value_limit, multipart_batch, multipart_items,
+                            npy_pixels, read_json)
 
 bp = Blueprint("api", __name__)
 
@@ -80,7 +80,7 @@ def predict():
 
     names = None
     if kind == "json":
-        body = read_json(request)
+        body = read_json(request, json_value_limit(served, max_images))
         if not isinstance(body, dict):
             raise ApiError(400, "the JSON body must be an object: {\"images\": [...]} or "
                                 "{\"pixels\": [...]}")

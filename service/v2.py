@@ -23,7 +23,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 import cnn
 from service.errors import ApiError
-from service.inputs import read_json, v2_tensor
+from service.inputs import json_value_limit, read_json, v2_tensor
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -98,7 +98,7 @@ def infer(name, version=None):
         raise ApiError(415, f"unsupported Content-Type {request.mimetype or '(none)'!r}: "
                             f"send the inference request as application/json")
     served = resolve(name, version)
-    body = read_json(request)
+    body = read_json(request, json_value_limit(served, current_app.config["CNN_MAX_IMAGES"]))
     if not isinstance(body, dict):
         raise ApiError(400, "the inference request must be a JSON object")
     request_id = body.get("id")

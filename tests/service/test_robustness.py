@@ -87,3 +87,32 @@ def test_extreme_values(client):
     v2["inputs"][0]["shape"] = [1, 28, 28]
     v2["inputs"][0]["data"] = [10**400] * 784
     check(client.post("/v2/models/tiny/infer", json=v2))
+
+
+def _pixel_json(n_images, value="0"):
+    row = "[" + ",".join([value] * 28) + "]"
+    image = "[" + ",".join([row] * 28) + "]"
+    return '{"pixels": [' + ",".join([image] * n_images) + "]}"
+
+
+def test_json_bodies_of_more_values_than_a_batch_are_refused_before_parsing(client,
+                                                                             monkeypatch):
+    import service.inputs
+    parsed = []
+    real_loads = service.inputs.json.loads
+    monkeypatch.setattr(service.inputs.json, "loads",
+                        lambda data, *a, **k: parsed.append(len(data)) or real_loads(data))
+    # a full batch (256 images, the default CNN_MAX_IMAGES) is parsed and classified
+    ok = client.post("/predict", data=_pixel_json(256), content_type="application/json")
+    assert ok.status_code == 200 and len(ok.get_json()["predictions"]) == 256
+    assert max(parsed) >= 256 * 784 * 2   # (json.loads is the json module's, shared)
+    # a body of many more values is refused from a comma count, never parsed
+    big = _pixel_json(2000)
+    r = client.post("/predict", data=big, content_type="application/json")
+    assert r.status_code == 413 and "split the batch" in r.get_json()["error"]
+    data = ",".join(["0"] * 1_000_000)
+    v2 = ('{"inputs": [{"name": "input", "shape": [256, 1, 28, 28], "datatype": "UINT8", '
+          '"data": [%s]}]}' % data)
+    r = client.post("/v2/models/tiny/infer", data=v2, content_type="application/json")
+    assert r.status_code == 413 and "values" in r.get_json()["error"]
+    assert max(parsed) < len(big) / 4 and max(parsed) < len(v2) / 4   # neither was parsed
