@@ -9,7 +9,7 @@ Environment knobs (all optional):
     CNN_THREADS    kernel (OpenMP) threads per worker     (default cores // workers, >= 1)
     CNN_KEEPALIVE  seconds to send a request's headers    (default 5)
     CNN_WORKER_CONNECTIONS  open connections per worker  (default 1000)
-    GUNICORN_CMD_ARGS  any other gunicorn flag, e.g. "--threads 8 --timeout 120"
+    GUNICORN_CMD_ARGS  any other gunicorn flag, e.g. "--timeout 120 --backlog 512"
 
 This file is run by the gunicorn master before any worker exists. It must stay
 free of NumPy/cnn imports: the master is what every worker is forked from
@@ -94,11 +94,13 @@ workers = _positive_int_env("CNN_WORKERS", max(1, min(CORES, 4)))
 # of memory, not a worker or a thread. With the threaded worker (gthread, 4
 # threads) 10 connections trickling one header line every 2 s took the
 # service offline: 0 of the /health and /predict probes answered within 5 s
-# (benchmarks/slow_clients.py). The CPU work does not run on the event loop:
-# the forward pass goes to a real thread (service.offload) while the loop
-# keeps answering, and one forward pass runs at a time per worker
-# (service.models holds a lock per worker), so the kernel-thread budget below
-# is not multiplied by the connections. gunicorn monkey-patches the worker
+# (benchmarks/slow_clients.py). The CPU work of a request (decoding images,
+# parsing JSON, the forward pass) runs in one real thread per worker
+# (service.offload), not on the event loop, which keeps reading requests and
+# writing answers; one forward pass runs at a time per worker (service.models
+# holds a lock per worker), so the kernel-thread budget below is not
+# multiplied by the connections, and the bodies a worker holds at once are
+# capped by CNN_WORKER_BODY_BYTES (service.body). gunicorn monkey-patches the worker
 # before it imports the app (preload_app = False below), so the app's sockets
 # and locks are gevent's.
 worker_class = "gevent"

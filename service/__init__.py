@@ -56,7 +56,7 @@ workers x kernel threads stay within the cores.
 
 Configuration: see service.config (``CNN_MODEL_DIR``, ``CNN_DEFAULT_MODEL``,
 ``CNN_MAX_CONTENT_LENGTH``, ``CNN_MAX_IMAGES``, ``CNN_MAX_PIXELS``,
-``CNN_MAX_REQUEST_PIXELS``, ``CNN_BODY_TIMEOUT``, ``CNN_API_TOKEN``, ``CNN_MAX_MODEL_BYTES``,
+``CNN_MAX_REQUEST_PIXELS``, ``CNN_WORKER_BODY_BYTES``, ``CNN_BODY_TIMEOUT``, ``CNN_API_TOKEN``, ``CNN_MAX_MODEL_BYTES``,
 ``CNN_WORKERS``, ``CNN_THREADS``, ``CNN_BACKEND``), set in the environment or
 passed in ``test_config`` (which also takes Flask settings such as TESTING).
 """
@@ -94,9 +94,10 @@ class ServiceRequest(Request):
 class ServiceState:
     """Per-app resources, at ``app.extensions["cnn"]``."""
 
-    def __init__(self, registry, metrics):
+    def __init__(self, registry, metrics, body_budget):
         self.registry = registry
         self.metrics = metrics
+        self.body_budget = body_budget
 
 
 def _limit_blas_threads(threads, logger):
@@ -130,13 +131,15 @@ def create_app(test_config=None):
         on_failure=lambda name: m.load_failures.labels(name).inc(),
         max_bytes=settings["CNN_MAX_MODEL_BYTES"]).load()
     m.models_loaded.set(len(registry.models))
-    app.extensions["cnn"] = ServiceState(registry, m)
+    app.extensions["cnn"] = ServiceState(registry, m,
+                                         body.BodyBudget(settings["CNN_WORKER_BODY_BYTES"]))
 
     errors.register(app)
     metrics.init_app(app)
     # In this order: an anonymous client is refused before its body is read.
     app.before_request(auth.check_token)
     app.before_request(body.read_body)
+    app.teardown_request(body.release_body_bytes)
 
     @app.after_request
     def _security_headers(response):

@@ -5,6 +5,7 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
 from service.errors import ApiError
+from service.offload import run_blocking
 from service.inputs import (NPY_CONTENT_TYPE, check_count, decode_batch, json_image_items,
                             json_pixels, json_value_limit, multipart_batch, multipart_items,
                             npy_pixels, read_json)
@@ -78,6 +79,19 @@ def predict():
                             f"/v2/models/{served.name}/infer")
     max_images, max_pixels = cfg["CNN_MAX_IMAGES"], cfg["CNN_MAX_PIXELS"]
 
+    x, names = run_blocking(model_input, kind, served, invert, max_images, max_pixels)
+    proba = served.predict_proba(x)
+    labels = proba.argmax(axis=1).tolist()
+    st.metrics.record_predictions(request.url_rule.rule, served.name, served.class_names,
+                                  labels)
+    return jsonify({"model": served.name, "version": served.version,
+                    "predictions": predictions_list(proba, top_k, served.class_names,
+                                                    names)})
+
+
+def model_input(kind, served, invert, max_images, max_pixels):
+    """(x, names): the request body as the model's input (N, C, H, W), and the
+    file names of multipart parts (else None). CPU work: run off the event loop."""
     names = None
     if kind == "json":
         body = read_json(request, json_value_limit(served, max_images))
@@ -107,14 +121,7 @@ def predict():
         check_count(len(items), max_images)
         names = [None]
         x = decode_batch(items, served, max_pixels, invert, current_app.logger)
-
-    proba = served.predict_proba(x)
-    labels = proba.argmax(axis=1).tolist()
-    st.metrics.record_predictions(request.url_rule.rule, served.name, served.class_names,
-                                  labels)
-    return jsonify({"model": served.name, "version": served.version,
-                    "predictions": predictions_list(proba, top_k, served.class_names,
-                                                    names)})
+    return x, names
 
 
 def predictions_list(proba, k, class_names, names=None):

@@ -4,7 +4,7 @@ With ``CNN_API_TOKEN`` set, every request needs ``Authorization: Bearer
 <token>``, except the health endpoints (``/health``, ``/ready``,
 ``/v2/health/live``, ``/v2/health/ready``: load balancers and orchestrators
 probe them without credentials) and ``/openapi.json`` (the description of the
-API is not a secret). A missing or wrong token is answered 401 with
+API is not a secret), for GET and HEAD. A missing or wrong token is answered 401 with
 ``WWW-Authenticate: Bearer`` before the body is read. Unset (the default),
 the service is open, and relies on its bind address (loopback unless told
 otherwise, see gunicorn.conf.py) or a proxy to restrict callers.
@@ -25,7 +25,7 @@ OPEN_PATHS = frozenset(("/health", "/ready", "/v2/health/live", "/v2/health/read
 def check_token():
     """``before_request``: 401 unless the request carries the configured token."""
     token = current_app.config.get("CNN_API_TOKEN")
-    if not token or request.path in OPEN_PATHS:
+    if not token or (request.path in OPEN_PATHS and request.method in ("GET", "HEAD")):
         return
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")

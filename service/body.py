@@ -8,14 +8,20 @@ parse exception from deep inside a view (a 500); and a client that announces
 a body and then trickles it holds the request for as long as it likes.
 
 :func:`read_body` runs before every view (``before_request``, after the
-bearer-token check, so an anonymous client cannot make us read 16 MiB) and
+bearer-token check, so an anonymous client cannot make us read a body) and
 turns each of those into an answer, whatever the transfer encoding:
 
 * over ``CNN_MAX_CONTENT_LENGTH`` bytes -> 413 (a declared Content-Length is
   refused before reading; a chunked body as soon as it passes the limit);
 * malformed framing (bad chunk size, missing terminator, the client closing
   mid-body) -> 400;
-* not all there within ``CNN_BODY_TIMEOUT`` seconds -> 408.
+* not all there within ``CNN_BODY_TIMEOUT`` seconds -> 408;
+* more than ``CNN_WORKER_BODY_BYTES`` bytes of bodies held by this worker's
+  requests at once -> 503 with ``Retry-After`` (see :class:`BodyBudget`).
+
+A request to an unknown URL or with a method the URL does not take (404, 405)
+has its body left unread, so neither those nor the open paths of
+service.auth make the server read anything for an anonymous client.
 
 After such an answer the worker reads and drops what the client still sends
 for at most gunicorn's ``keepalive`` seconds (the socket timeout bounds each
@@ -32,6 +38,7 @@ reads it is bounded too.
 """
 import io
 import socket
+import threading
 import time
 
 from flask import current_app, request
@@ -86,11 +93,49 @@ class _Deadline:
             self.sock.settimeout(left)
 
 
+class BodyBudget:
+    """Bytes of request bodies a worker holds at once, across its requests.
+
+    Under the gevent worker a process serves up to ``worker_connections``
+    requests at once, and each may hold a body of up to
+    CNN_MAX_CONTENT_LENGTH until its answer is sent (a queued request waits
+    for the forward pass with its body and batch in memory): 1000 clients
+    sending 16 MiB would hold 16 GB. Bytes are counted as they arrive, not as
+    declared, so clients trickling their bodies (which hold nothing) cannot
+    use the budget up; a request whose next block would take the total over
+    the limit is answered 503 with ``Retry-After`` and its bytes given back.
+    The counter is only touched from the worker's event loop (or under a lock
+    in a threaded server)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, n):
+        with self._lock:
+            if self.held + n > self.limit:
+                return False
+            self.held += n
+            return True
+
+    def give(self, n):
+        with self._lock:
+            self.held -= n
+
+
+def release_body_bytes(exc=None):
+    """``teardown_request``: give this request's body bytes back to the budget."""
+    taken = request.environ.pop("cnn.body_bytes", 0)
+    if taken:
+        current_app.extensions["cnn"].body_budget.give(taken)
+
+
 def _declared_length(environ):
     value = environ.get("CONTENT_LENGTH", "").strip()
     if not value:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise ApiError(400, f"Content-Length must be a non-negative integer, got {value!r}")
     return int(value)
 
@@ -99,6 +144,9 @@ def read_body():
     """``before_request``: read the whole body within the limits (see the module docstring)."""
     environ = request.environ
     if request.method not in BODY_METHODS or environ.get("cnn.body_read"):
+        return
+    if request.routing_exception is not None:   # 404 / 405: nothing will read it
+        _empty_body()
         return
     limit = current_app.config["CNN_MAX_CONTENT_LENGTH"]
     seconds = current_app.config["CNN_BODY_TIMEOUT"]
@@ -111,7 +159,7 @@ def read_body():
         body = b""
     else:
         body = _read(environ["wsgi.input"], length, limit, seconds,
-                     environ.get("gunicorn.socket"))
+                     environ.get("gunicorn.socket"), current_app.extensions["cnn"].body_budget)
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -120,8 +168,9 @@ def read_body():
     request.__dict__.pop("stream", None)   # werkzeug's cached stream, if anything made one
 
 
-def _read(stream, length, limit, seconds, sock):
-    """At most ``limit`` bytes of ``stream`` (``length`` of them if declared)."""
+def _read(stream, length, limit, seconds, sock, budget):
+    """At most ``limit`` bytes of ``stream`` (``length`` of them if declared),
+    each block counted against ``budget`` (given back at teardown)."""
     want = limit + 1 if length is None else length
     parts, got = [], 0
     try:
@@ -131,6 +180,12 @@ def _read(stream, length, limit, seconds, sock):
                 block = stream.read(min(CHUNK, want - got))
                 if not block:
                     break
+                if not budget.take(len(block)):
+                    raise _refuse(503, "the server is busy: too many request bodies in "
+                                       "memory at once (CNN_WORKER_BODY_BYTES); retry shortly",
+                                  headers={"Retry-After": "1"})
+                request.environ["cnn.body_bytes"] = \
+                    request.environ.get("cnn.body_bytes", 0) + len(block)
                 parts.append(block)
                 got += len(block)
     except (TimeoutError, socket.timeout):
@@ -154,10 +209,15 @@ def _as_tuple(errors):
     return errors if isinstance(errors, tuple) else (errors,)
 
 
-def _refuse(status, message):
+def _refuse(status, message, headers=None):
     """The ApiError to raise; the views will see an empty body."""
+    _empty_body()
+    return ApiError(status, message, headers=headers)
+
+
+def _empty_body():
     request.environ["wsgi.input"] = io.BytesIO(b"")
     request.environ["CONTENT_LENGTH"] = "0"
     request.environ.pop("HTTP_TRANSFER_ENCODING", None)
     request.environ["cnn.body_read"] = True
-    return ApiError(status, message)
+    request.__dict__.pop("stream", None)

@@ -14,6 +14,9 @@ key in ``app.config`` (and in ``test_config``):
 ``CNN_MAX_MODEL_BYTES``    most bytes one weights file's arrays may take
                            (``cnn.io.MAX_BYTES``, 256 MiB); a larger file is refused
                            before it is read, the others are still served
+``CNN_WORKER_BODY_BYTES``  bytes of request bodies one worker process holds at once,
+                           counted as they arrive (128 MiB, at least
+                           ``CNN_MAX_CONTENT_LENGTH``); more -> 503 with Retry-After
 ``CNN_BODY_TIMEOUT``       seconds a client has to send the whole request body (20);
                            slower -> 408 (service.body)
 ``CNN_API_TOKEN``          when set, requests need ``Authorization: Bearer <token>``
@@ -52,6 +55,7 @@ DEFAULTS = {
     "CNN_MAX_CONTENT_LENGTH": 16 * MiB,
     "CNN_MAX_IMAGES": 256,
     "CNN_BODY_TIMEOUT": 20,
+    "CNN_WORKER_BODY_BYTES": 128 * MiB,
     "CNN_MAX_MODEL_BYTES": MAX_BYTES,
     "CNN_API_TOKEN": None,
     "CNN_MAX_PIXELS": MAX_PIXELS,
@@ -62,7 +66,8 @@ DEFAULTS = {
 }
 
 _INT_KEYS = ("CNN_MAX_CONTENT_LENGTH", "CNN_MAX_IMAGES", "CNN_BODY_TIMEOUT", "CNN_MAX_PIXELS",
-             "CNN_MAX_MODEL_BYTES", "CNN_MAX_REQUEST_PIXELS", "CNN_WORKERS", "CNN_THREADS")
+             "CNN_MAX_MODEL_BYTES", "CNN_MAX_REQUEST_PIXELS", "CNN_WORKER_BODY_BYTES",
+             "CNN_WORKERS", "CNN_THREADS")
 _STR_KEYS = ("CNN_MODEL_DIR", "CNN_DEFAULT_MODEL", "CNN_BACKEND", "CNN_API_TOKEN")
 
 
@@ -123,6 +128,14 @@ def load_config(test_config=None, environ=None):
         except BackendUnavailable as exc:
             raise ValueError(f"CNN_BACKEND={backend}: {exc}") from None
         config["CNN_BACKEND"] = backend
+    if config["CNN_WORKER_BODY_BYTES"] < config["CNN_MAX_CONTENT_LENGTH"]:
+        raise ValueError(f"CNN_WORKER_BODY_BYTES ({config['CNN_WORKER_BODY_BYTES']:,}) must be "
+                         f"at least CNN_MAX_CONTENT_LENGTH ({config['CNN_MAX_CONTENT_LENGTH']:,})")
+    token = config["CNN_API_TOKEN"]
+    if token is not None and (not token.isascii() or not token.isprintable()
+                              or token != token.strip()):
+        raise ValueError("CNN_API_TOKEN must be printable ASCII without surrounding spaces "
+                         "(HTTP headers carry it as Latin-1)")
     if config["CNN_THREADS"] is None:
         config["CNN_THREADS"] = default_threads(config["CNN_WORKERS"])
     return config, extra

@@ -21,16 +21,18 @@
   the fork), with ``CNN_THREADS`` kernel threads and the ``CNN_BACKEND`` kernels.
 
 Thread safety and the thread budget: a model's layers keep the cache of their
-last forward pass, so two threads running the same model at once (gunicorn
-``gthread`` workers) would overwrite each other's intermediate arrays. Every
-forward pass therefore holds a lock (:meth:`ServedModel.predict_proba`). The
-lock is shared by all the models of a worker, not one per model: each forward
-pass already runs ``CNN_THREADS`` kernel threads, so two at once (two models,
-two request threads) would put 2 x ``CNN_THREADS`` threads on the worker's
-share of the cores, and the kernels set OpenBLAS's process-wide thread count
-around their GEMM calls, which concurrent passes would race on. Requests
-still overlap everywhere else: decoding images, parsing JSON and writing
-answers happen outside the lock.
+last forward pass, so two requests running the same model at once (greenlets
+of the gevent worker, or threads under a threaded server) would overwrite
+each other's intermediate arrays. Every forward pass therefore holds a lock
+(:meth:`ServedModel.predict_proba`), handed out in arrival order
+(:class:`FifoLock`). The lock is shared by all the models of a worker, not one
+per model: each forward pass already runs ``CNN_THREADS`` kernel threads, so
+two at once (two models) would put 2 x ``CNN_THREADS`` threads on the
+worker's share of the cores, and the kernels set OpenBLAS's process-wide
+thread count around their GEMM calls, which concurrent passes would race on.
+Under gevent the pass itself runs in the worker's CPU thread
+(service.offload), so the event loop keeps reading other requests and
+writing answers meanwhile.
 """
 import collections
 import hashlib
@@ -66,17 +68,28 @@ class FifoLock:
             turn = threading.Lock()
             turn.acquire()
             self._waiters.append(turn)
-        turn.acquire()   # released by release(): the lock is handed over, still held
+        try:
+            turn.acquire()   # released by release(): the lock is handed over, still held
+        except BaseException:   # interrupted while waiting (a timeout, GreenletExit)
+            with self._mutex:
+                if turn in self._waiters:
+                    self._waiters.remove(turn)
+                else:             # handed over just now: pass it on, or nobody gets it
+                    self._release_locked()
+            raise
         return True
 
     def release(self):
         with self._mutex:
-            if self._waiters:
-                self._waiters.popleft().release()
-            elif self._held:
-                self._held = False
-            else:
-                raise RuntimeError("release of an unlocked FifoLock")
+            self._release_locked()
+
+    def _release_locked(self):
+        if self._waiters:
+            self._waiters.popleft().release()
+        elif self._held:
+            self._held = False
+        else:
+            raise RuntimeError("release of an unlocked FifoLock")
 
     def __enter__(self):
         return self.acquire()

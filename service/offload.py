@@ -1,18 +1,22 @@
-"""Run a forward pass off the event loop when the worker has one.
+"""Run CPU work (decoding, parsing, the forward pass) off the event loop.
 
 Under gunicorn's gevent worker (gunicorn.conf.py) every connection of a worker
 is a greenlet on one OS thread: a slow client costs a greenlet, not a worker.
-A forward pass is CPU work in C that never yields, so run on that thread it
-would freeze every other connection of the worker for its duration (tens of
-milliseconds for a batch of 256). :func:`run_blocking` hands it to gevent's
-pool of real threads instead and lets the loop serve ``/health``, other
-uploads and answers meanwhile; the greenlet that asked waits cooperatively.
+Decoding a request's images (up to ~0.7 s of CPU at the pixel budget), parsing
+its JSON and the forward pass never yield, so run on that thread they would
+freeze every other connection of the worker, /health and gunicorn's heartbeat
+included. :func:`run_blocking` hands them to gevent's pool of real threads
+instead and lets the loop serve other connections meanwhile (Pillow, NumPy
+and the kernels release the GIL for their long loops); the greenlet that
+asked waits cooperatively.
 
-The pool has one thread: forward passes of a worker run one at a time anyway
-(service.models' lock), and one long-lived thread keeps one OpenMP team
+The pool has one thread: the CPU work of a worker's requests runs one piece at
+a time, in arrival order, on the worker's share of the cores (more threads
+would only compete for them), and one long-lived thread keeps one OpenMP team
 instead of a team per short-lived thread. Without gevent (the Flask test
 client, ``flask run``, a threaded worker) the call runs where it is.
 """
+import contextvars
 
 
 def _gevent_hub_threadpool():
@@ -30,8 +34,23 @@ def _gevent_hub_threadpool():
 
 
 def run_blocking(fn, *args):
-    """``fn(*args)``, in gevent's thread pool when running under gevent."""
+    """``fn(*args)``, in gevent's thread pool when running under gevent, in a
+    copy of the caller's context (Flask's request and app contexts are context
+    variables; the greenlet waits, so nothing uses them twice at once)."""
     pool = _gevent_hub_threadpool()
     if pool is None:
         return fn(*args)
-    return pool.apply(fn, args)
+    ok, value = pool.apply(contextvars.copy_context().run, (_outcome, fn, *args))
+    if not ok:
+        raise value
+    return value
+
+
+def _outcome(fn, *args):
+    """(True, result) or (False, exception): an exception is raised again in the
+    caller, not in the pool, whose hub would print it as a crash (an ApiError
+    for a bad upload is an answer, not a crash)."""
+    try:
+        return True, fn(*args)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller as is
+        return False, exc

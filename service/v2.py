@@ -24,6 +24,7 @@ from flask import Blueprint, current_app, jsonify, request
 import cnn
 from service.errors import ApiError
 from service.inputs import json_value_limit, read_json, v2_tensor
+from service.offload import run_blocking
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -98,7 +99,8 @@ def infer(name, version=None):
         raise ApiError(415, f"unsupported Content-Type {request.mimetype or '(none)'!r}: "
                             f"send the inference request as application/json")
     served = resolve(name, version)
-    body = read_json(request, json_value_limit(served, current_app.config["CNN_MAX_IMAGES"]))
+    body = run_blocking(read_json, request,
+                        json_value_limit(served, current_app.config["CNN_MAX_IMAGES"]))
     if not isinstance(body, dict):
         raise ApiError(400, "the inference request must be a JSON object")
     request_id = body.get("id")
@@ -129,7 +131,7 @@ def infer(name, version=None):
                 if o["name"] not in wanted:
                     wanted.append(o["name"])
 
-    x = v2_tensor(inputs[0], served, current_app.config["CNN_MAX_IMAGES"])
+    x = run_blocking(v2_tensor, inputs[0], served, current_app.config["CNN_MAX_IMAGES"])
     proba = served.predict_proba(x)
     labels = proba.argmax(axis=1)
     current_app.extensions["cnn"].metrics.record_predictions(

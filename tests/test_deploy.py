@@ -330,6 +330,10 @@ def test_the_proxy_limits_match_the_service(monkeypatch):
     assert nginx_seconds(nginx_setting("client_header_timeout")) == cfg.keepalive
     assert nginx_seconds(nginx_setting("proxy_read_timeout")) >= cfg.timeout
     assert nginx_setting("proxy_request_buffering") == "on"
+    # upstream idle connections close on nginx's side first (no 502 on a reused one)
+    upstream = re.search(r"upstream\s+\w+\s*\{([^}]*)\}", nginx_conf()).group(1)
+    idle = re.search(r"keepalive_timeout\s+(\w+);", upstream)
+    assert idle and nginx_seconds(idle.group(1)) < cfg.keepalive
 
 
 def test_api_healthcheck_asks_an_existing_route_on_the_bind_port(compose, app_routes):

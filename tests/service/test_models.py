@@ -280,3 +280,41 @@ def test_forward_pass_lock_is_handed_over_in_arrival_order():
     assert lock.acquire() and (lock.release() is None)
     with pytest.raises(RuntimeError, match="unlocked"):
         lock.release()
+
+
+class _InterruptedTurn:
+    """A waiter's lock whose wait is interrupted (``on_wait`` runs first)."""
+
+    def __init__(self, on_wait=None):
+        self.calls, self.on_wait = 0, on_wait
+
+    def acquire(self):
+        self.calls += 1
+        if self.calls == 1:
+            return True            # taken at once, as FifoLock does
+        if self.on_wait:
+            self.on_wait()
+        raise KeyboardInterrupt    # stands for a gevent Timeout or GreenletExit
+
+    def release(self):
+        pass
+
+
+@pytest.mark.parametrize("handed_over", [False, True])
+def test_an_interrupted_waiter_never_strands_the_lock(monkeypatch, handed_over):
+    import service.models
+    from service.models import FifoLock
+    lock = FifoLock()
+    lock.acquire()
+    monkeypatch.setattr(service.models.threading, "Lock",
+                        lambda: _InterruptedTurn(lock.release if handed_over else None))
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    assert not lock._waiters
+    if handed_over:     # the holder handed it to the waiter, who passed it on
+        assert lock._held is False
+    else:               # still the first holder's
+        assert lock._held is True
+        lock.release()
+    monkeypatch.undo()
+    assert lock.acquire() and lock.release() is None
