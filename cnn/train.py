@@ -33,6 +33,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -278,15 +279,26 @@ def data_fingerprint(images, labels):
 @contextlib.contextmanager
 def ctrl_c_deferred():
     """Hold Ctrl-C until the block ends: a checkpoint is saved and recorded as
-    saved together, so the interrupt message never misses one."""
-    if not hasattr(signal, "pthread_sigmask"):
+    saved together, so the interrupt message never misses one.
+
+    The Python handler is swapped, not the signal mask: a mask only covers the
+    calling thread, and the kernel hands a process-wide SIGINT to any thread
+    that does not block it (OpenBLAS's, OpenMP's, tqdm's), after which Python
+    runs the handler in the main thread anyway."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    hit = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, old)
+        if hit and old is not signal.SIG_IGN:
+            if callable(old):
+                old(signal.SIGINT, None)
+            else:
+                raise KeyboardInterrupt
 
 
 class OutputError(Exception):

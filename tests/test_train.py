@@ -343,3 +343,27 @@ def test_too_little_free_space_is_found_before_training(workdir, monkeypatch, ca
     assert code == 2
     assert "MiB free; the run's files need about" in capsys.readouterr().err
     assert not (workdir / "m.ckpt").exists()
+
+
+def test_ctrl_c_is_held_while_a_checkpoint_is_written_whichever_thread_gets_it():
+    """SIGINT sent to the process from another thread (the kernel may hand it to
+    any thread that does not block it) is raised only after the block."""
+    import threading
+    reached_end, go = [], threading.Event()
+
+    def send():   # started before the block: this thread's signal mask is the default
+        go.wait(5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    with pytest.raises(KeyboardInterrupt):
+        with cnn.train.ctrl_c_deferred():
+            go.set()
+            sender.join()
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:   # bytecodes: where Python raises it
+                sum(range(100))
+            reached_end.append(True)
+    assert reached_end == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
