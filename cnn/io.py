@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnn._npy import NpyHeaderError, read_npy_header
 from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
                         ReLU)
 from cnn.model import Sequential
@@ -250,14 +251,11 @@ class _Archive:
 
     def _header(self, info):
         with self.zip.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"{info.filename}: .npy format version {version} (cnn "
-                                 f"writes 1.0)")
+            try:
+                shape, dtype = read_npy_header(f)
+            except NpyHeaderError as exc:
+                raise ModelFileError(self.path, f"{info.filename} has an unreadable .npy "
+                                                f"header ({exc})") from None
             offset = f.tell()
         if dtype.hasobject:
             raise ModelFileError(self.path, f"{info.filename} holds Python objects "

@@ -41,11 +41,11 @@ import binascii
 import io
 import json
 import math
-import re
 
 import numpy as np
 from flask import current_app
 
+from cnn._npy import NpyHeaderError, describe, read_npy_header
 from cnn.images import (ALLOWED_FORMATS, ImageError, PixelBudgetError, decode_images,
                         pixels_from_array)
 from service.errors import ApiError
@@ -330,17 +330,9 @@ def npy_pixels(body, served, max_images, what="the request body"):
                             f"magic bytes \\x93NUMPY); write it with np.save")
     fp = io.BytesIO(body)
     try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            raise ValueError(f"format version {version[0]}.{version[1]} is not supported "
-                             f"(use 1.0 or 2.0)")
-    except Exception as exc:  # noqa: BLE001 - NumPy's header parser on untrusted bytes
-        # (ValueError, SyntaxError, tokenize.TokenError, RecursionError, ...)
-        raise ApiError(400, f"{what} has an unreadable header ({_short(exc)})") from None
+        shape, dtype = read_npy_header(fp)
+    except NpyHeaderError as exc:
+        raise ApiError(400, f"{what} has an unreadable header ({exc})") from None
     if dtype.hasobject:
         raise ApiError(400, f"{what} holds Python objects (dtype {dtype}): object arrays "
                             f"and pickles are not accepted; send uint8 or float pixels")
@@ -364,26 +356,11 @@ def npy_pixels(body, served, max_images, what="the request body"):
     try:
         arr = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 # pragma: no cover - all checked above
-        raise ApiError(400, f"{what} cannot be read ({_short(exc)})") from None
+        raise ApiError(400, f"{what} cannot be read ({describe(exc)})") from None
     try:
         return pixels_from_array(arr, size=(h, w))
     except ValueError as exc:
         raise ApiError(400, f"{what}: {exc}") from None
-
-
-_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
-
-
-def _short(exc, limit=200):
-    """An exception's message for a client: short, and without the Python object
-    reprs (``<ast.Call object at 0x7f...>``) of a parser's internals."""
-    text = str(exc).strip() or type(exc).__name__
-    if text.startswith("malformed node or string"):   # ast.literal_eval on the .npy header
-        text = ("it must be a dictionary of plain literals (strings, numbers, booleans, "
-                "tuples) as np.save writes it")
-    text = _OBJECT_REPR.sub("an expression", text)
-    text = re.sub(r"0x[0-9a-fA-F]{6,}", "an address", text)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --------------------------------------------------------------------------
