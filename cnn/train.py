@@ -491,7 +491,7 @@ def run(argv=None):
 
     def saved_text():
         if saved_at is None:
-            return (f"this run saved no checkpoint yet, so there is nothing to resume"
+            return ("this run saved no checkpoint yet, so there is nothing to resume"
                     + (f" ({ckpt_file} is an earlier run's)" if os.path.exists(ckpt_file)
                        else ""))
         return f"{describe(saved_at, steps)} is saved in {ckpt_file}; continue with: " \

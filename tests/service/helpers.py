@@ -35,5 +35,12 @@ def bilevel_png(width, height):
             + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
 
 
+def npy_batch(n=1, dtype=np.uint8, fill=0):
+    """The bytes of np.save of an (n, 28, 28) batch: an application/x-npy body."""
+    buf = io.BytesIO()
+    np.save(buf, np.full((n, 28, 28), fill, dtype))
+    return buf.getvalue()
+
+
 def random_images(n, seed=0, size=(28, 28)):
     return np.random.default_rng(seed).integers(0, 256, size=(n, *size), dtype=np.uint8)

@@ -1,21 +1,14 @@
 """Optional bearer-token authentication (CNN_API_TOKEN, service.auth) and the
 service's default bind address (gunicorn.conf.py)."""
-import io
 import runpy
 
-import numpy as np
 import pytest
 
+from tests.service.helpers import npy_batch
 from tests.service.servers import ROOT
 
 TOKEN = "s3cret-token"
 NPY = "application/x-npy"
-
-
-def npy_body():
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((1, 28, 28), np.uint8))
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -38,14 +31,14 @@ def test_every_other_endpoint_needs_the_token(secured, method, path):
 @pytest.mark.parametrize("header", ["Bearer wrong", "Bearer " + TOKEN[:-1], "Basic " + TOKEN,
                                     TOKEN, "Bearer", "Bearer " + TOKEN + "x"])
 def test_a_wrong_token_is_refused(secured, header):
-    r = secured.post("/predict", data=npy_body(), content_type=NPY,
+    r = secured.post("/predict", data=npy_batch(), content_type=NPY,
                      headers={"Authorization": header})
     assert r.status_code == 401
     assert 'Bearer realm="cnn"' in r.headers["WWW-Authenticate"]
 
 
 def test_the_right_token_is_served(secured):
-    r = secured.post("/predict", data=npy_body(), content_type=NPY,
+    r = secured.post("/predict", data=npy_batch(), content_type=NPY,
                      headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200, r.get_data(as_text=True)
     assert len(r.get_json()["predictions"]) == 1

@@ -3,17 +3,12 @@ bodies of unroutable requests left unread, Content-Length checks. The framing
 and timeout cases need a real server: tests/service/test_slow_clients.py."""
 import io
 
-import numpy as np
 import pytest
+
+from tests.service.helpers import npy_batch
 
 NPY = "application/x-npy"
 MiB = 1024 * 1024
-
-
-def npy(n=1):
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((n, 28, 28), np.uint8))
-    return buf.getvalue()
 
 
 class CountingStream(io.BytesIO):
@@ -39,7 +34,7 @@ def post(client, path, data, **headers):
 def test_bodies_beyond_the_workers_budget_are_503_and_given_back(make_app, models_dir):
     app = make_app(models_dir, CNN_MAX_CONTENT_LENGTH=MiB, CNN_WORKER_BODY_BYTES=2 * MiB)
     client, budget = app.test_client(), app.extensions["cnn"].body_budget
-    body = npy(4)
+    body = npy_batch(4)
     r, _ = post(client, "/predict", body)
     assert r.status_code == 200 and budget.held == 0      # given back after the answer
     assert budget.take(2 * MiB - len(body) // 2)          # other requests hold most of it
@@ -72,7 +67,7 @@ def test_with_a_token_open_paths_take_no_anonymous_bodies(make_app, models_dir):
 
 @pytest.mark.parametrize("value", ["12x", "-1", "\u00b2", "1e3"])
 def test_a_bad_content_length_is_400(client, value):
-    r = client.post("/predict", data=npy(), content_type=NPY,
+    r = client.post("/predict", data=npy_batch(), content_type=NPY,
                     environ_overrides={"CONTENT_LENGTH": value})
     assert r.status_code == 400 and "Content-Length" in r.get_json()["error"]
 

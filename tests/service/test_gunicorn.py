@@ -2,53 +2,27 @@
 a freshly trained model, real PNG files of the Fashion-MNIST test set.
 
 Loopback only (127.0.0.1, a free port) and bounded: training a tiny model takes
-a few seconds, gunicorn must be ready within READY_TIMEOUT and stop within
-STOP_TIMEOUT. Skipped when the data set is not installed.
+a few seconds, gunicorn must be ready and stop within the times of tests/service/servers.py. Skipped when the data set is not installed.
 """
-import http.client
 import io
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cnn
 from cnn.data import DataError, load_dataset
+from tests.service.servers import ROOT, STOP_TIMEOUT, gunicorn, read_log, request
 
-ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT = 30     # seconds for gunicorn + 2 workers to load the model
-STOP_TIMEOUT = 30      # seconds for a graceful SIGTERM shutdown
 TRAIN_TIMEOUT = 300
 N_IMAGES = 24
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(port, method, path, body=None, headers=None, timeout=30):
-    """(status, headers, parsed JSON or raw bytes) of one request to 127.0.0.1:port."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.getheader("Content-Type", "").startswith("application/json"):
-            data = json.loads(data)
-        return resp.status, dict(resp.getheaders()), data
-    finally:
-        conn.close()
 
 
 def multipart(files):
@@ -63,8 +37,6 @@ def multipart(files):
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def read_log(path):
-    return Path(path).read_text(errors="replace") if Path(path).exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -93,47 +65,9 @@ def trained_tiny(tmp_path_factory, test_images):
 @pytest.fixture(scope="module")
 def server(trained_tiny, tmp_path_factory):
     """A running gunicorn (2 workers) serving trained_tiny on 127.0.0.1:<port>."""
-    logs = tmp_path_factory.mktemp("gunicorn-logs")
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CNN_BIND=f"127.0.0.1:{port}",
-               CNN_MODEL_DIR=str(trained_tiny.parent), CNN_WORKERS="2")
-    for name in ("CNN_THREADS", "CNN_DEFAULT_MODEL", "PROMETHEUS_MULTIPROC_DIR",
-                 "GUNICORN_CMD_ARGS"):
-        env.pop(name, None)
-    stdout, stderr = logs / "stdout.log", logs / "stderr.log"
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"],
-            cwd=ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-    info = {"proc": proc, "port": port, "stdout": stdout, "stderr": stderr}
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        last = None
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gunicorn exited with {proc.returncode} before it was ready:\n"
-                            f"{read_log(stderr)}")
-            try:
-                status, _, body = request(port, "GET", "/ready", timeout=2)
-                last = (status, body)
-                if status == 200:
-                    break
-            except OSError as exc:
-                last = exc
-            if time.monotonic() > deadline:
-                pytest.fail(f"gunicorn not ready within {READY_TIMEOUT}s (last answer: "
-                            f"{last!r}):\n{read_log(stderr)}")
-            time.sleep(0.2)
+    with gunicorn(trained_tiny.parent, tmp_path_factory.mktemp("gunicorn-logs"),
+                  CNN_WORKERS="2") as info:
         yield info
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def png_bytes(pixels):

@@ -6,28 +6,21 @@ The server block is used as written except for two lines: the upstream
 nginx-light); loopback only, bounded in time.
 """
 import importlib.util
-import io
 import os
 import shutil
 import signal
 import subprocess
 import time
 
-import numpy as np
 import pytest
 
+from tests.service.helpers import npy_batch
 from tests.service.servers import ROOT, free_port, gunicorn, request
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
                                   else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed "
                                 "(apt-get install nginx-light; .ci/run does)")
-
-
-def npy(n=1):
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((n, 28, 28), np.uint8))
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def proxy(backend, tmp_path_factory):
 
 
 def test_predictions_through_the_proxy_are_the_services(proxy, backend):
-    body = npy(4)
+    body = npy_batch(4)
     via = request(proxy, "POST", "/predict", body, {"Content-Type": "application/x-npy"})
     direct = request(backend["port"], "POST", "/predict", body,
                      {"Content-Type": "application/x-npy"})

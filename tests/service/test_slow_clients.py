@@ -8,13 +8,12 @@ stops after its duration; raw sockets have timeouts).
 """
 import importlib.util
 import json
-import io
 import socket
 import time
 
-import numpy as np
 import pytest
 
+from tests.service.helpers import npy_batch
 from tests.service.servers import ROOT, gunicorn, request
 
 KEEPALIVE, BODY_TIMEOUT, LIMIT = 2, 3, 1024 * 1024
@@ -36,12 +35,6 @@ def server(tmp_path_factory, tiny_weights):
                   CNN_KEEPALIVE=str(KEEPALIVE), CNN_BODY_TIMEOUT=str(BODY_TIMEOUT),
                   CNN_MAX_CONTENT_LENGTH=str(LIMIT)) as info:
         yield info
-
-
-def npy(n=1):
-    buf = io.BytesIO()
-    np.save(buf, np.zeros((n, 28, 28), np.uint8))
-    return buf.getvalue()
 
 
 def raw_exchange(port, data, timeout=10, shut_write=False):
@@ -141,7 +134,7 @@ def test_body_shorter_than_its_content_length_is_400(server):
 
 
 def test_chunked_body_within_the_limit_is_classified_like_a_plain_one(server):
-    body = npy(3)
+    body = npy_batch(3)
     plain = request(server["port"], "POST", "/predict", body,
                     {"Content-Type": "application/x-npy"})
     reply = raw_exchange(server["port"],
