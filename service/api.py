@@ -79,7 +79,9 @@ def predict():
                             f"/v2/models/{served.name}/infer")
     max_images, max_pixels = cfg["CNN_MAX_IMAGES"], cfg["CNN_MAX_PIXELS"]
 
-    x, names = run_blocking(model_input, kind, served, invert, max_images, max_pixels)
+    # a .npy body is a header check and a copy: not worth a thread switch
+    x, names = run_blocking(model_input, kind, served, invert, max_images, max_pixels,
+                            small=(kind == "npy"))
     proba = served.predict_proba(x)
     labels = proba.argmax(axis=1).tolist()
     st.metrics.record_predictions(request.url_rule.rule, served.name, served.class_names,
