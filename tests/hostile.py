@@ -24,6 +24,15 @@ def npy_header(dtype, shape):
     return buf.getvalue()
 
 
+def raw_npy_header(text):
+    """A version 1.0 .npy header whose dictionary is ``text`` verbatim (no data):
+    whatever NumPy's header parser may be fed."""
+    data = text.encode("latin1")
+    pad = 64 - (10 + len(data) + 1) % 64
+    return (b"\x93NUMPY\x01\x00" + (len(data) + pad + 1).to_bytes(2, "little") + data
+            + b" " * pad + b"\n")
+
+
 def npy_bytes(array):
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)

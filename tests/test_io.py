@@ -542,14 +542,6 @@ def test_atomic_write_into_new_folder_and_file_mode(tmp_path):
     assert os.listdir(target.parent) == ["file.bin"]
 
 
-def _raw_npy_header(text):
-    """A version 1.0 .npy header whose dictionary is ``text`` verbatim (no data)."""
-    data = text.encode("latin1")
-    pad = 64 - (10 + len(data) + 1) % 64
-    return (b"\x93NUMPY\x01\x00" + (len(data) + pad + 1).to_bytes(2, "little") + data
-            + b" " * pad + b"\n")
-
-
 @pytest.mark.parametrize("text", [
     "{'descr': f(1), 'fortran_order': False, 'shape': (2,)}",          # a call: AST repr
     "{'descr': '<f4', 'fortran_order': False, 'shape': (",              # tokenize error
@@ -559,7 +551,7 @@ def test_unreadable_member_headers_are_named_without_python_internals(lenet_file
                                                                       text):
     members = hostile.members_of(lenet_file)
     name = next(n for n in members if n.startswith("param/"))
-    members[name] = hostile.stored(_raw_npy_header(text))
+    members[name] = hostile.stored(hostile.raw_npy_header(text))
     bad = tmp_path / "bad.npz"
     hostile.write_zip(bad, members)
     for read in (load_model, read_model_file):

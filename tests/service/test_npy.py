@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hostile import raw_npy_header
 from tests.service.helpers import png_bytes, random_images
 
 NPY = "application/x-npy"
@@ -239,14 +240,6 @@ def test_npy_answer_is_plain_json(client, images):
     assert json.loads(r.get_data())["predictions"][1]["index"] == 1
 
 
-def npy_with_header(header_text):
-    """A version 1.0 .npy file whose header dictionary is ``header_text`` verbatim."""
-    text = header_text.encode("latin1")
-    pad = 64 - (10 + len(text) + 1) % 64
-    return (b"\x93NUMPY\x01\x00" + (len(text) + pad + 1).to_bytes(2, "little") + text
-            + b" " * pad + b"\n")
-
-
 @pytest.mark.parametrize("header", [
     "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 28, 28), 'x': object()}",
     "{'descr': np.float32, 'fortran_order': False, 'shape': (1, 28, 28)}",
@@ -254,7 +247,7 @@ def npy_with_header(header_text):
     "{'descr': '<f4', 'fortran_order': False, 'shape': [x for x in ()]}",
 ])
 def test_header_errors_name_the_problem_without_python_internals(client, header):
-    body = assert_error(post_npy(client, npy_with_header(header) + bytes(784 * 4)), 400,
+    body = assert_error(post_npy(client, raw_npy_header(header) + bytes(784 * 4)), 400,
                         "unreadable header")
     message = body["error"]
     assert "0x" not in message and "<ast" not in message and "object at" not in message, message
