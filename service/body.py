@@ -19,16 +19,16 @@ turns each of those into an answer, whatever the transfer encoding:
 * more than ``CNN_WORKER_BODY_BYTES`` bytes of bodies held by this worker's
   requests at once -> 503 with ``Retry-After`` (see :class:`BodyBudget`).
 
+After a refusal the worker reads and drops what the client still sends
+for at most gunicorn's ``keepalive`` seconds (the socket timeout bounds each
+read), then closes the connection: the client gets to read the answer.
+Otherwise the body read is put back in the WSGI environment as a plain
+``Content-Length`` body, so werkzeug, Flask and the views see an ordinary
+request and read it from memory.
+
 A request to an unknown URL or with a method the URL does not take (404, 405)
 has its body left unread, so neither those nor the open paths of
 service.auth make the server read anything for an anonymous client.
-
-After such an answer the worker reads and drops what the client still sends
-for at most gunicorn's ``keepalive`` seconds (the socket timeout bounds each
-read), then closes the connection: the client gets to read the answer. The
-body read is put back in the WSGI environment as a plain
-``Content-Length`` body, so werkzeug, Flask and the views see an ordinary
-request and read it from memory.
 
 The deadline is a ``gevent.Timeout`` under the gevent worker (a slow body
 holds one greenlet, not a worker), and the connection's socket timeout is set
