@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, features
 
-import cnn.images as images_module
+import cnn.images.decode as decode_module
+from cnn.images.png import _simple_png
 from cnn.images import (ALLOWED_FORMATS, MAX_PIXELS, ImageError, PixelBudgetError, decode_image,
                         decode_images, pixels_from_array)
 
@@ -526,7 +527,7 @@ def pillow_only(monkeypatch):
     """Decode without the fast path (what decode_image did before it existed)."""
     def decode(data, **kw):
         with monkeypatch.context() as m:
-            m.setattr(images_module, "_simple_png", lambda *a: None)
+            m.setattr(decode_module, "_simple_png", lambda *a: None)
             try:
                 return decode_image(data, **kw)
             except ImageError as exc:
@@ -556,8 +557,8 @@ def test_simple_pngs_take_the_fast_path_with_pillows_pixels(pillow_only):
                      encode(Image.fromarray(a), "PNG", optimize=True),
                      encode(Image.fromarray(a), "PNG", compress_level=0),
                      grey_png(a, idat_pieces=3)):
-            assert images_module._simple_png(data, MAX_PIXELS) is not None
-            assert (images_module._simple_png(data, MAX_PIXELS) == a).all()
+            assert _simple_png(data, MAX_PIXELS) is not None
+            assert (_simple_png(data, MAX_PIXELS) == a).all()
             for invert in ("auto", True, False):
                 assert same(decode_image(data, invert=invert), pillow_only(data, invert=invert))
 
@@ -579,10 +580,10 @@ def test_other_pngs_are_left_to_pillow():
         grey_png(a)[:-1],
     ]
     for data in declined:
-        assert images_module._simple_png(data, MAX_PIXELS) is None
+        assert _simple_png(data, MAX_PIXELS) is None
     # ... and the EXIF orientation of a PNG is still applied (rotated 180 degrees)
     assert (decode_image(declined[5], invert=False) == a[::-1, ::-1]).all()
-    assert images_module._simple_png(encode(Image.fromarray(a), "PNG"), 28 * 28 - 1) is None
+    assert _simple_png(encode(Image.fromarray(a), "PNG"), 28 * 28 - 1) is None
 
 
 def test_damaged_simple_pngs_decode_or_fail_exactly_as_with_pillow(pillow_only, monkeypatch):
@@ -606,7 +607,7 @@ def test_damaged_simple_pngs_decode_or_fail_exactly_as_with_pillow(pillow_only, 
 def test_simple_png_respects_pillows_pixel_limit(monkeypatch):
     a = np.zeros((100, 100), np.uint8)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow errors above 2000 pixels
-    assert images_module._simple_png(grey_png(a), MAX_PIXELS) is None
+    assert _simple_png(grey_png(a), MAX_PIXELS) is None
     with pytest.raises(ImageError, match="pixels"):
         decode_image(grey_png(a))
 
@@ -663,7 +664,7 @@ def test_16_bit_png_is_not_converted_to_float_at_full_size(monkeypatch, pixel, e
     # bytes exist at full size: ~9 bytes a pixel; converting to float64 took 27)
     assert peak < (10 if extra else 1) * width * height, peak
     with monkeypatch.context() as m:
-        m.setattr(images_module, "_reduce_factors", lambda w, h, fit: (1, 1))
+        m.setattr(decode_module, "_reduce_factors", lambda w, h, fit: (1, 1))
         full_size = decode_image(data)
     assert np.abs(decode_image(data).astype(int) - full_size.astype(int)).max() <= 1
 
@@ -702,7 +703,7 @@ def test_reducing_before_converting_matches_converting_at_full_size(monkeypatch,
     data = encode(im, fmt, **({"transparency": 0} if mode == "P-trns" else {}))
     reduced = decode_image(data)
     with monkeypatch.context() as m:
-        m.setattr(images_module, "_reduce_factors", lambda w, h, fit: (1, 1))
+        m.setattr(decode_module, "_reduce_factors", lambda w, h, fit: (1, 1))
         full_size = decode_image(data)
     diff = np.abs(reduced.astype(int) - full_size.astype(int))
     assert diff.max() <= (0 if size == (100, 80) else 1), diff.max()
@@ -746,7 +747,7 @@ def test_batch_pixel_budget_is_checked_from_the_headers_before_decoding(monkeypa
     grey = grey_png(np.zeros((50, 40), np.uint8))        # 2,000 pixels (the fast path)
     items = [rgb, grey, rgb]
     assert decode_images(items, max_total_pixels=22_000).shape == (3, 28, 28)
-    monkeypatch.setattr(images_module, "_load", no_load)
+    monkeypatch.setattr(decode_module, "_load", no_load)
     for on_error in (None, lambda i, e: None):  # (a batch error, whatever on_error)
         with pytest.raises(PixelBudgetError, match=r"the 3 images have 22,000 pixels in all "
                                                    r".* limit of 21,999 pixels") as info:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cnn.images as images_module
+import cnn.images.decode as decode_module
 from cnn.images import MAX_TOTAL_PIXELS, decode_images, pixels_from_array
 from service.config import load_config
 from tests.service.helpers import bilevel_png, image_bytes, png_bytes, random_images
@@ -242,7 +242,7 @@ def test_request_pixel_budget_is_413_before_decoding(make_app, models_dir, monke
     client = make_app(models_dir, CNN_MAX_REQUEST_PIXELS=1_000).test_client()
     img = png_bytes(np.zeros((20, 20), np.uint8))  # 400 pixels
     assert post_files(client, (img, "a.png"), (img, "b.png")).status_code == 200
-    monkeypatch.setattr(images_module, "_load", no_decode)
+    monkeypatch.setattr(decode_module, "_load", no_decode)
     body = assert_error(post_files(client, (img, "a.png"), (img, "b.png"), (img, "c.png")), 413)
     assert body["error"] == ("the 3 images of this request have 1,200 pixels in all (width x "
                              "height), over the limit of 1,000 (CNN_MAX_REQUEST_PIXELS): send "
@@ -263,7 +263,7 @@ def test_request_pixel_budget_is_413_before_decoding(make_app, models_dir, monke
 def test_default_limits_refuse_issue_9_uploads_without_decoding(client, monkeypatch):
     """256 small 16-bit files of 1024x768 (200 M pixels in all, ~0.8 MB) are
     refused from their headers; so is one 6000x6000 file."""
-    monkeypatch.setattr(images_module, "_load", no_decode)
+    monkeypatch.setattr(decode_module, "_load", no_decode)
     data = sixteen_bit_png(1024, 768)
     r = post_files(client, *[(data, f"{i}.png") for i in range(256)])
     assert "201,326,592 pixels" in assert_error(r, 413)["error"]
