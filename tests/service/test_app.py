@@ -123,9 +123,33 @@ def test_index_page(client):
     for needle in ("<form", "<canvas", 'type="file"', "/predict", "fetch(", "/models"):
         assert needle in html
     assert "http://" not in html and "https://" not in html  # no CDN, nothing external
+    # the served model's name and classes, not a hard-coded data set
+    assert "<title>cnn: tiny classifier</title>" in html and ">tiny classifier</h1>" in html
+    assert "Classes: T-shirt/top, Trouser," in html and "Fashion-MNIST classifier" not in html
+    assert 'id="draw-panel">' in html   # a grayscale model: the canvas is offered
     csp = r.headers["Content-Security-Policy"]
     nonce = csp.split("'nonce-")[1].split("'")[0]
     assert f'<script nonce="{nonce}">' in html
+
+
+def test_index_page_of_a_colour_model_offers_no_canvas(make_app, tmp_path):
+    from cnn.architectures import build_architecture
+    from cnn.io import save_model
+    models = tmp_path / "colour"
+    models.mkdir()
+    model = build_architecture("conv4k3p1-relu-maxpool2-flatten-dense3", 3, (3, 16, 16),
+                               class_names=["cat", "dog", "bird"])
+    model.build(seed=0)
+    save_model(models / "pets.npz", model)
+    html = make_app(models).test_client().get("/").get_data(as_text=True)
+    assert ">pets classifier</h1>" in html and "Classes: cat, dog, bird" in html
+    assert 'id="draw-panel" hidden>' in html
+
+
+def test_index_page_without_a_model(make_app, tmp_path):
+    (tmp_path / "empty").mkdir()
+    html = make_app(tmp_path / "empty").test_client().get("/").get_data(as_text=True)
+    assert "No model is loaded on the server." in html
 
 
 def test_unknown_url_and_method(client):
