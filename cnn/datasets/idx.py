@@ -1,0 +1,13 @@
+"""MNIST-format IDX folders: today's loader in :mod:`cnn.data`, re-exported here so
+every data source has its module (``cnn.datasets.idx``, ``.folder``, ``.npz``)."""
+from pathlib import Path
+
+from cnn.data import Dataset, DataError, find_idx_file, load_dataset, read_idx
+
+__all__ = ["Dataset", "DataError", "is_idx_folder", "load_dataset", "read_idx"]
+
+
+def is_idx_folder(path):
+    """True when ``path`` is a folder holding at least the training images IDX file."""
+    path = Path(path)
+    return path.is_dir() and find_idx_file(path, "train", "images") is not None
