@@ -418,14 +418,18 @@ def train_val_split(images, labels, val_fraction=0.1, seed=0):
     return images[train], labels[train], images[val], labels[val]
 
 
-def _check_pixels(x, name="x"):
-    """x (N, H, W) or (N, 1, H, W), uint8 0-255 or float 0-1 -> (N, 1, H, W) view."""
+def _check_pixels(x, name="x", channels=1):
+    """x (N, H, W) or (N, C, H, W), uint8 0-255 or float 0-1 -> (N, C, H, W) view.
+
+    ``channels`` None accepts any C; (N, H, W) is one channel."""
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.ndim == 3:
+    if x.ndim == 3 and channels in (1, None):
         x = x[:, None]
-    elif not (x.ndim == 4 and x.shape[1] == 1):
-        raise ValueError(f"{name} must have shape (N, H, W) or (N, 1, H, W), got {x.shape}")
+    elif not (x.ndim == 4 and channels in (x.shape[1], None)):
+        want = "(N, H, W) or (N, 1, H, W)" if channels in (1, None) else \
+            f"(N, {channels}, H, W)"
+        raise ValueError(f"{name} must have shape {want}, got {x.shape}")
     if x.dtype == np.uint8:
         return x
     if x.dtype.kind != "f":
@@ -449,26 +453,46 @@ def _check_stat(value, name, positive=False):
 
 
 class Normalizer:
-    """Scalar per-dataset pixel normalisation: ``(pixel / 255 - mean) / std``.
+    """Per-dataset pixel normalisation: ``(pixel / 255 - mean) / std``.
 
     ``mean`` and ``std`` are of the training pixels scaled to [0, 1]
-    (:meth:`fit`). Calling it maps images (N, H, W) or (N, 1, H, W), uint8
-    0-255 or float 0-1, to float32 (N, 1, H, W).
+    (:meth:`fit`): floats for grayscale, one per channel (tuples) for colour.
+    Calling it maps images (N, H, W) or (N, C, H, W), uint8 0-255 or float
+    0-1, to float32 (N, C, H, W).
     """
 
     def __init__(self, mean, std):
+        if isinstance(mean, (list, tuple, np.ndarray)) or \
+                isinstance(std, (list, tuple, np.ndarray)):
+            mean, std = list(np.ravel(mean)), list(np.ravel(std))
+            if len(mean) != len(std) or not mean:
+                raise ValueError(f"mean and std must have one value per channel, got "
+                                 f"{mean!r} and {std!r}")
+            if len(mean) > 1:
+                self.mean = tuple(_check_stat(m, "mean") for m in mean)
+                self.std = tuple(_check_stat(v, "std", positive=True) for v in std)
+                return
+            mean, std = mean[0], std[0]
         self.mean = _check_stat(mean, "mean")
         self.std = _check_stat(std, "std", positive=True)
+
+    @property
+    def channels(self):
+        return len(self.mean) if isinstance(self.mean, tuple) else 1
 
     @classmethod
     def fit(cls, images):
         """Mean and std of every pixel of ``images`` (N, H, W) or (N, 1, H, W),
-        uint8 0-255 or float 0-1, on the [0, 1] scale.
+        uint8 0-255 or float 0-1, on the [0, 1] scale; of each channel for
+        (N, C, H, W) with C > 1.
 
         uint8 images are counted exactly (a histogram, in chunks) with no
         float copy of the whole set.
         """
-        x = _check_pixels(images, "images")
+        x = _check_pixels(images, "images", channels=None)
+        if x.shape[1] > 1:
+            stats = [cls.fit(x[:, c]) for c in range(x.shape[1])]
+            return cls([n.mean for n in stats], [n.std for n in stats])
         if x.size == 0:
             raise ValueError(f"images must not be empty, got shape {images.shape}")
         flat = x.reshape(-1)
@@ -500,12 +524,23 @@ class Normalizer:
 
     @property
     def background(self):
-        """What a 0 pixel (the background) becomes: ``-mean / std``."""
+        """What a 0 pixel (the background) becomes: ``-mean / std`` (per channel
+        for colour)."""
+        if self.channels > 1:
+            return tuple(-m / s for m, s in zip(self.mean, self.std))
         return -self.mean / self.std
 
     def __call__(self, x):
-        """x (N, H, W) or (N, 1, H, W), uint8 0-255 or float 0-1 -> float32 (N, 1, H, W)."""
-        x = _check_pixels(x, "x")
+        """x (N, H, W) or (N, C, H, W), uint8 0-255 or float 0-1 -> float32 (N, C, H, W)."""
+        x = _check_pixels(x, "x", channels=self.channels)
+        if self.channels > 1:
+            mean = np.array(self.mean).reshape(1, -1, 1, 1)
+            std = np.array(self.std).reshape(1, -1, 1, 1)
+            if x.dtype == np.uint8:      # one lookup table per channel
+                lut = ((np.arange(256) / 255.0 - mean.reshape(-1, 1)) / std.reshape(-1, 1)
+                       ).astype(np.float32)                     # (C, 256)
+                return lut[np.arange(self.channels).reshape(1, -1, 1, 1), x]
+            return ((x.astype(np.float64) - mean) / std).astype(np.float32)
         if x.dtype == np.uint8:
             lut = ((np.arange(256) / 255.0 - self.mean) / self.std).astype(np.float32)
             return lut[x]
@@ -514,7 +549,10 @@ class Normalizer:
         return out.astype(np.float32, copy=False)
 
     def to_dict(self):
-        """``{"mean": float, "std": float}`` (plain floats, e.g. for the weights file)."""
+        """``{"mean": float, "std": float}`` (plain floats, e.g. for the weights file);
+        lists of one float per channel for colour."""
+        if self.channels > 1:
+            return {"mean": [float(m) for m in self.mean], "std": [float(v) for v in self.std]}
         return {"mean": float(self.mean), "std": float(self.std)}
 
     @classmethod
@@ -539,7 +577,8 @@ def augment(batch, rng, shift=2, flip=True, fill=0.0):
     batch (N, C, H, W) float (float32 in training). Each image is shifted by
     independent random integers in [-shift, shift] rows and columns, the
     uncovered border filled with ``fill`` (0, the background of [0, 1]
-    pixels; pass ``Normalizer.background`` for normalised batches), and, when
+    pixels; pass ``Normalizer.background`` for normalised batches; a sequence
+    gives one value per channel), and, when
     ``flip``, mirrored left-right with probability 0.5. ``rng`` is a
     ``np.random.Generator``. Returns a new array of the same shape and dtype;
     ``batch`` is not modified. With ``shift=0`` and ``flip=False`` it is a copy.
@@ -556,8 +595,14 @@ def augment(batch, rng, shift=2, flip=True, fill=0.0):
     if isinstance(shift, bool) or not isinstance(shift, numbers.Integral) or shift < 0:
         raise ValueError(f"shift must be an int >= 0, got {shift!r}")
     shift = operator.index(shift)
-    fill = _check_stat(fill, "fill")
     N, C, H, W = batch.shape
+    if isinstance(fill, (list, tuple, np.ndarray)):
+        if len(fill) != C:
+            raise ValueError(f"fill must be a number or one value per channel ({C}), got "
+                             f"{fill!r}")
+        fill = np.array([_check_stat(f, "fill") for f in fill]).reshape(1, C, 1, 1)
+    else:
+        fill = _check_stat(fill, "fill")
     if N == 0 or (shift == 0 and not flip):
         return batch.copy()
 
@@ -576,7 +621,8 @@ def augment(batch, rng, shift=2, flip=True, fill=0.0):
     d = rng.integers(-shift, shift + 1, size=(2, N))
     dy, dx = d[0], d[1]
     Hp, Wp = H + 2 * shift, W + 2 * shift
-    padded = np.full((N, C, Hp, Wp), fill, dtype=batch.dtype)
+    padded = np.empty((N, C, Hp, Wp), dtype=batch.dtype)
+    padded[...] = fill
     padded[:, :, shift:shift + H, shift:shift + W] = batch
     r = (shift - dy)[:, None] + rows[None, :]          # (N, H)
     c = (shift - dx)[:, None] + cols                   # (N, W)

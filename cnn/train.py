@@ -1,7 +1,8 @@
 """Train a classifier: ``python -m cnn.train [--arch convnet] [--epochs 5] ...``.
 
-Loads Fashion-MNIST (or any MNIST-format IDX folder), trains with the Cython
-kernels, prints progress and validation metrics each epoch, evaluates on the
+Loads Fashion-MNIST (or, with --data-dir, any MNIST-format IDX folder, an
+image-folder tree DIR/<class>/*.png|jpg or DIR/train/<class>, DIR/test/<class>,
+or a Keras-layout .npz; see cnn.datasets), trains with the Cython kernels, prints progress and validation metrics each epoch, evaluates on the
 test set, and writes beside each other:
 
     models/convnet.npz            the weights file (cnn.load_model, the service)
@@ -43,7 +44,8 @@ from cnn._cli import (fail as _fail, fraction, non_negative_float, positive_floa
                       steps_or_seconds)
 from cnn.architectures import ARCHITECTURES, build_architecture
 from cnn.backends import BackendUnavailable, get_backend
-from cnn.data import DataError, Normalizer, load_dataset, train_val_split
+from cnn.data import DataError, Normalizer, train_val_split
+from cnn.datasets import input_shape_of, load_data, record_of
 from cnn.io import ModelFileError, atomic_write, read_model_file, save_model
 from cnn.model import Sequential
 from cnn.optim import Schedule, make_optimizer
@@ -84,8 +86,25 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="initialisation, split and "
                    "shuffling seed (default: 0)")
     p.add_argument("--data-dir", default=None,
-                   help="folder of MNIST-format IDX files (default: CNN_DATA_DIR, else "
-                        "/usr/share/datasets/fashion-mnist)")
+                   help="a folder of MNIST-format IDX files, an image folder "
+                        "(DIR/<class>/*.png|jpg|..., or DIR/train/<class> and "
+                        "DIR/test/<class>) or a Keras-layout .npz, detected (default: "
+                        "CNN_DATA_DIR, else /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--image-size", type=image_size, default=None, metavar="HxW",
+                   help="image folders: resize the short side, then centre-crop to HxW "
+                        "(default: the images' own size when they all agree)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="image folders: 1 grayscale or 3 RGB (default: 1 when every image "
+                        "is grayscale, else 3)")
+    p.add_argument("--test-fraction", type=open_fraction, default=0.1,
+                   help="image folders without test/: share of each class held out for "
+                        "the test set, seeded by --seed and recorded (default: 0.1)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where image folders are decoded to (default: CNN_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/cnn or ~/.cache/cnn)")
+    p.add_argument("--strict", action="store_true",
+                   help="image folders: a file that is not a readable image is an error "
+                        "(default: skipped and named)")
     p.add_argument("--out", default=None,
                    help="weights file to write (default: models/ARCH.npz); .npz is added "
                         "when missing, as the service serves only *.npz files")
@@ -102,6 +121,23 @@ def build_parser():
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
                    help="live bar, one line per epoch, or bar only on a terminal (auto)")
     return p
+
+
+def image_size(text):
+    """"32x32" (or "32") -> [H, W] (a list: it goes through the checkpoint's JSON)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
+    if not m or not 1 <= int(m.group(1)) <= 4096 or not 1 <= int(m.group(2) or 1) <= 4096:
+        raise argparse.ArgumentTypeError(f"expected HxW with sides 1-4096 such as 32x32, "
+                                         f"got {text!r}")
+    h = int(m.group(1))
+    return [h, int(m.group(2) or h)]
+
+
+def open_fraction(text):
+    value = fraction(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
 
 
 def default_out(arch):
@@ -154,9 +190,10 @@ IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits
 # What a checkpoint restores: the run as it was started. --epochs may change
 # (the length is the user's choice); the rest would silently make another run.
 RUN_SETTINGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum",
-                "weight_decay", "schedule", "augment", "val_fraction", "limit", "seed")
+                "weight_decay", "schedule", "augment", "val_fraction", "limit", "seed",
+                "image_size", "channels", "test_fraction")
 # Restored unless given: where the data is (checked by content) and how to compute.
-PLACE_SETTINGS = ("data_dir", "threads", "backend")
+PLACE_SETTINGS = ("data_dir", "threads", "backend", "cache_dir", "strict")
 
 # atomic_write's temporary files (.NAME.XXXXXXXX.tmp) older than this were left
 # by a killed writer: a live one writes its file within seconds.
@@ -371,9 +408,18 @@ def run(argv=None):
     except (BackendUnavailable, ValueError) as exc:
         return fail(f"--backend: {exc}")
     try:
-        data = load_dataset(args.data_dir)
+        data = load_data(args.data_dir, image_size=args.image_size, channels=args.channels,
+                         test_fraction=args.test_fraction, seed=args.seed,
+                         cache_dir=args.cache_dir, strict=args.strict,
+                         log=lambda line: print(f"  {line}"))
     except DataError as exc:
         return fail(str(exc))
+    record = record_of(data)
+    for key in ("image_size", "channels"):
+        if getattr(args, key) is not None and record.get("source_kind") != "folder":
+            return fail(f"{flag(key)}: applies to image folders; {data.source} holds "
+                        f"{data.input_shape if hasattr(data, 'input_shape') else 'IDX'} "
+                        f"images already")
 
     images, labels = data.train_images, data.train_labels
     if args.limit:
@@ -382,14 +428,19 @@ def run(argv=None):
     if resume and resume[0]["checkpoint"].get("data_sha256", fingerprint) != fingerprint:
         return fail(f"--data-dir: the training images in {data.source} are not the ones the "
                     f"resumed run was trained on")
-    tr_x, tr_y, va_x, va_y = train_val_split(images, labels, args.val_fraction, args.seed)
+    input_shape = input_shape_of(data)
+    if getattr(data, "val_images", None) is not None and len(data.val_images):
+        # the folder's own val/ split replaces --val-fraction
+        tr_x, tr_y, va_x, va_y = images, labels, data.val_images, data.val_labels
+    else:
+        tr_x, tr_y, va_x, va_y = train_val_split(images, labels, args.val_fraction,
+                                                 args.seed)
     if len(tr_x) == 0:
         return fail("no training images left after the validation split: raise --limit")
-    normalizer = Normalizer.fit(tr_x)
+    normalizer = Normalizer.fit(tr_x)      # per channel for colour
     x_train, x_val, x_test = normalizer(tr_x), normalizer(va_x) if len(va_x) else \
-        np.zeros((0, 1) + data.image_shape, np.float32), normalizer(data.test_images)
+        np.zeros((0,) + tuple(input_shape), np.float32), normalizer(data.test_images)
 
-    input_shape = (1,) + tuple(data.image_shape)
     try:
         if resume:
             model = Sequential.from_config(resume[0]["architecture"],
@@ -527,6 +578,8 @@ def run(argv=None):
                 timespec="seconds"),
             "cnn_version": __version__,
         }
+        if record:      # image folders and .npz: shape, channel order, resize, the split
+            summary["data"] = dict(record, val_fraction=args.val_fraction)
         write_output(out, lambda: save_model(out, model, summary))
         hist_file, png_file = sidecar(out, ".history.json"), sidecar(out, ".png")
         write_output(hist_file, lambda: atomic_write(hist_file, lambda f: f.write(json.dumps(

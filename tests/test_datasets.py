@@ -222,3 +222,91 @@ def test_idx_folders_load_as_before(make_idx_dir, load):
     ds = load(folder)
     assert isinstance(ds, Dataset) and ds.train_images.shape == (40, 28, 28)
     assert datasets.input_shape_of(ds) == (1, 28, 28) and datasets.record_of(ds) == {}
+
+
+# ------------------------------------------------- colour through Normalizer and augment
+
+
+def test_normalizer_per_channel_matches_numpy_and_keeps_grayscale_scalar():
+    from cnn.data import Normalizer
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (20, 3, 5, 4), dtype=np.uint8)
+    x[:, 1] //= 2                                       # channels really differ
+    n = Normalizer.fit(x)
+    f = x / 255.0
+    np.testing.assert_allclose(n.mean, f.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(n.std, f.std(axis=(0, 2, 3)), rtol=1e-12)
+    out = n(x)
+    expected = (f - f.mean(axis=(0, 2, 3))[:, None, None]) / f.std(axis=(0, 2, 3))[:, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(n(f.astype(np.float32)), out, rtol=1e-5, atol=1e-5)
+    assert Normalizer.from_dict(n.to_dict()) == n and len(n.to_dict()["mean"]) == 3
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 3, H, W\)"):
+        n(x[:, 0])
+    g = Normalizer.fit(x[:, :1])                        # one channel: scalars, as before
+    assert isinstance(g.mean, float) and set(g.to_dict()) == {"mean", "std"}
+
+
+def test_augment_shifts_colour_batches_with_a_fill_per_channel():
+    from cnn.data import augment
+    batch = np.ones((64, 3, 6, 6), np.float32)
+    out = augment(batch, np.random.default_rng(0), shift=2, flip=False, fill=(-1.0, -2.0, -3.0))
+    border = out != 1.0
+    assert border.any()
+    for c, value in enumerate((-1.0, -2.0, -3.0)):
+        assert set(np.unique(out[:, c][border[:, c]])) == {value}
+    assert (border[:, 0] == border[:, 2]).all()        # the same shift for every channel
+    with pytest.raises(ValueError, match="one value per channel"):
+        augment(batch, np.random.default_rng(0), fill=(0.0, 0.0))
+
+
+# ---------------------------------------------------------------- python -m cnn.train
+
+
+def run_train(cwd, *args):
+    import subprocess
+    import sys
+    from tests.test_train import env
+    return subprocess.run([sys.executable, "-m", "cnn.train", "--epochs", "1", "--progress",
+                           "lines", "--arch", "conv4k3p1-relu-maxpool2-flatten-dense3",
+                           *map(str, args)], cwd=cwd, env=env(), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_train_on_an_rgb_folder_records_the_data_in_the_weights_file(tmp_path):
+    from cnn.io import read_model_file
+    make_flat(tmp_path / "d", n=12)
+    proc = run_train(tmp_path, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c",
+                     "--out", tmp_path / "m.npz", "--augment")
+    assert proc.returncode == 0, proc.stderr
+    meta, _ = read_model_file(tmp_path / "m.npz")
+    assert meta["input_shape"] == [3, 16, 16] and meta["class_names"] == ["cat", "dog", "emu"]
+    assert len(meta["normalization"]["mean"]) == 3
+    data = meta["summary"]["data"]
+    assert data["channel_order"] == "RGB" and data["resize"].startswith("exif")
+    assert data["split"]["kind"] == "seeded" and data["split"]["test_images"] == 3
+    again = load_data(tmp_path / "d", cache_dir=tmp_path / "c")
+    assert data["split"]["test_sha256"] == again.meta["split"]["test_sha256"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-size", "0x3"], "--image-size: expected HxW"),
+    (["--test-fraction", "0"], "--test-fraction: expected a number in (0, 1)"),
+    (["--channels", "2"], "--channels: invalid choice"),
+])
+def test_train_bad_data_flags(tmp_path, args, message):
+    proc = run_train(tmp_path, *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_mixed_sizes_and_image_size_on_idx_are_clear_errors(tmp_path, make_idx_dir):
+    rng = np.random.default_rng(8)
+    for c in ("a", "b"):
+        save(tmp_path / "d" / c / "1.png", rgb(rng, 16, 16))
+        save(tmp_path / "d" / c / "2.png", rgb(rng, 10, 12))
+    proc = run_train(tmp_path, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c")
+    assert proc.returncode == 2 and "10x12 (2 images)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    idx = make_idx_dir()
+    proc = run_train(tmp_path, "--data-dir", idx, "--image-size", "8x8")
+    assert proc.returncode == 2 and "--image-size: applies to image folders" in proc.stderr
