@@ -1,7 +1,10 @@
 """Evaluate a trained model on a test set: ``python -m cnn.evaluate MODEL [--json]``.
 
 Loads a weights file written by ``python -m cnn.train`` and runs it on the
-test split of Fashion-MNIST (or any MNIST-format IDX folder, ``--data-dir``).
+test split of Fashion-MNIST (or any MNIST-format IDX folder, image folder or
+Keras-layout .npz, ``--data-dir``). For an image folder the weights file's
+record gives the decode settings and the split: without a test/ folder,
+exactly the images training held out are evaluated (checked by their digest).
 Prints the overall accuracy, the test loss (mean cross-entropy), the accuracy
 of each class and the confusion matrix (rows: true class, columns: predicted
 class); ``--json`` prints the same as one JSON object.
@@ -18,7 +21,8 @@ import numpy as np
 
 from cnn import __version__, get_num_threads
 from cnn.backends import BackendUnavailable, get_backend
-from cnn.data import DataError, load_dataset
+from cnn.data import DataError
+from cnn.datasets import input_shape_of, load_data
 from cnn.io import ModelFileError, load_model
 from cnn._cli import fail as _fail, positive_int
 
@@ -33,6 +37,9 @@ def build_parser():
     p.add_argument("--data-dir", default=None,
                    help="folder of MNIST-format IDX files (default: CNN_DATA_DIR, else "
                         "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--cache-dir", default=None,
+                   help="where image folders are decoded to (default: CNN_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/cnn or ~/.cache/cnn)")
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="images per forward pass (default: 256)")
     p.add_argument("--backend", choices=["cython", "python", "naive"], default=None,
@@ -137,12 +144,23 @@ def main(argv=None):
         model = load_model(args.model, backend=args.backend, threads=args.threads)
     except ModelFileError as exc:
         return fail(f"MODEL: {exc}")
+    record = (getattr(model, "summary_info", None) or {}).get("data") or {}
+    settings, split = record.get("settings") or {}, record.get("split") or {}
     try:
-        data = load_dataset(args.data_dir)
+        data = load_data(args.data_dir, image_size=settings.get("image_size"),
+                         channels=settings.get("channels"),
+                         test_fraction=split.get("test_fraction") or 0.1,
+                         seed=split.get("seed") or 0, cache_dir=args.cache_dir,
+                         log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
     except DataError as exc:
         return fail(f"--data-dir: {exc}" if args.data_dir else str(exc))
+    held_out = (getattr(data, "meta", None) or {}).get("split", {}).get("test_sha256")
+    if split.get("test_sha256") and held_out and held_out != split["test_sha256"]:
+        return fail(f"the test images of {data.source} are not the {split['test_images']} "
+                    f"images {args.model!r} was tested on (files were added, removed or "
+                    f"renamed since training): its held-out split cannot be reproduced")
 
-    data_shape = (1,) + tuple(data.image_shape)
+    data_shape = tuple(input_shape_of(data))
     if tuple(model.input_shape) != data_shape:
         return fail(f"the model {args.model!r} takes input of shape {tuple(model.input_shape)} "
                     f"(channels, height, width) but the images of {data.source} are "

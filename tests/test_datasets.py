@@ -310,3 +310,35 @@ def test_train_mixed_sizes_and_image_size_on_idx_are_clear_errors(tmp_path, make
     idx = make_idx_dir()
     proc = run_train(tmp_path, "--data-dir", idx, "--image-size", "8x8")
     assert proc.returncode == 2 and "--image-size: applies to image folders" in proc.stderr
+
+
+# ------------------------------------------------------------- python -m cnn.evaluate
+
+
+def test_evaluate_a_folder_model_on_exactly_the_held_out_images(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from cnn.io import read_model_file
+    from tests.test_train import env
+    make_flat(tmp_path / "d", n=12, kind=gray)
+    proc = run_train(tmp_path, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c",
+                     "--out", tmp_path / "m.npz", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    summary = read_model_file(tmp_path / "m.npz")[0]["summary"]
+
+    def evaluate():
+        return subprocess.run([sys.executable, "-m", "cnn.evaluate", tmp_path / "m.npz",
+                               "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c",
+                               "--json"], env=env(), capture_output=True, text=True,
+                              timeout=60)
+    proc = evaluate()
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["total"] == summary["data"]["split"]["test_images"] == 3
+    assert report["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    assert len(os.listdir(tmp_path / "c")) == 1         # the training run's cache entry
+    save(tmp_path / "d" / "cat" / "new.png", gray(np.random.default_rng(9)))
+    proc = evaluate()
+    assert proc.returncode == 2 and "cannot be reproduced" in proc.stderr

@@ -247,6 +247,7 @@ def _build(root, entries, tags, skipped, total, classes, image_size, channels,
             [(entries[i][0], why) for i, why in sorted(bad.items())], total) + " (strict)")
     if not info:
         raise DataError(f"{root}: none of the {total} files is a readable image")
+    requested = (image_size, channels)           # as asked: evaluate asks the same
     if channels is None:
         channels = 1 if all(gray for _, gray in info.values()) else 3
     if image_size is None:
@@ -315,6 +316,8 @@ def _build(root, entries, tags, skipped, total, classes, image_size, channels,
             "source_kind": "folder", "input_shape": [channels, H, W],
             "channel_order": "L" if channels == 1 else "RGB", "resize": RESIZE_POLICY,
             "class_names": list(classes),
+            "settings": {"image_size": list(requested[0]) if requested[0] else None,
+                         "channels": requested[1]},
             "split": {"kind": "seeded" if held_out else "folders",
                       "test_fraction": test_fraction if held_out else None,
                       "seed": seed if held_out else None, "test_images": len(test),
