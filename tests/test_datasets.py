@@ -50,6 +50,7 @@ def test_flat_rgb_folder_shapes_classes_split_and_pixels(tmp_path, load):
     assert ds.image_shape == (16, 16)
     assert np.bincount(ds.test_labels).tolist() == [1, 1, 1]     # stratified, 10% of each
     assert isinstance(ds.train_images, np.memmap)                # read from the cache
+    assert set(ds.train_labels[:9].tolist()) == {0, 1, 2}         # shuffled: --limit 9 works
     # PNG is lossless: the channels-first pixels are the files' own
     originals = {p.tobytes() for p in pixels.values()}
     got = {img.transpose(1, 2, 0).tobytes() for img in np.concatenate([ds.train_images,
@@ -342,3 +343,16 @@ def test_evaluate_a_folder_model_on_exactly_the_held_out_images(tmp_path):
     save(tmp_path / "d" / "cat" / "new.png", gray(np.random.default_rng(9)))
     proc = evaluate()
     assert proc.returncode == 2 and "cannot be reproduced" in proc.stderr
+
+
+def test_decoding_in_worker_processes_gives_the_same_cache(tmp_path, monkeypatch):
+    make_flat(tmp_path / "d", n=6)
+    (tmp_path / "d" / "dog" / "broken.png").write_bytes(b"junk")
+    inline = load_data(tmp_path / "d", cache_dir=tmp_path / "a", test_fraction=0.2)
+    monkeypatch.setattr(folder_mod, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(folder_mod, "CHUNK", 4)
+    monkeypatch.setattr(folder_mod, "available_cores", lambda: 2)
+    forked = load_data(tmp_path / "d", cache_dir=tmp_path / "b", test_fraction=0.2)
+    assert np.array_equal(inline.train_images, forked.train_images)
+    assert np.array_equal(inline.test_labels, forked.test_labels)
+    assert forked.meta["skipped"] == 1

@@ -13,7 +13,9 @@ reduced scale when that is still larger than the target (``Image.draft``).
 Images are decoded once, in parallel, into the cache (:mod:`cnn.datasets.cache`).
 """
 import concurrent.futures
+import concurrent.futures.process
 import hashlib
+import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -31,7 +33,8 @@ SPLIT_FOLDERS = ("train", "val", "test")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
 RESIZE_POLICY = "exif-transpose, resize short side (bilinear), centre crop"
 SHOW = 5            # paths named in a message
-CHUNK = 64          # images per decode task
+CHUNK = 512         # images per decode task
+PARALLEL_MIN = 4096  # fewer images decode faster than worker processes start
 # Pillow refuses bigger images as decompression bombs; keep its default.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError,
                  Image.DecompressionBombError, EOFError)
@@ -90,6 +93,10 @@ def _scan(root, split_root, classes):
 def _oriented(im):
     """(width, height) once EXIF orientation is applied."""
     w, h = im.size
+    # PNG's getexif() decodes the whole image to look for an eXIf chunk after
+    # the pixels; one before them (where writers put it) is already in info.
+    if im.format == "PNG" and "exif" not in im.info:
+        return w, h
     try:
         if im.getexif().get(0x0112) in (5, 6, 7, 8):
             return h, w
@@ -124,20 +131,66 @@ def _skip_message(skipped, total):
     return f"{len(skipped)} of {total} files are not readable images: {shown}{more}"
 
 
-def _parallel(fn, items, progress, desc):
-    """[fn(chunk) for chunks of items], in threads (Pillow decodes without the GIL)."""
+def _probe_chunk(paths):
+    out = []
+    for path in paths:
+        try:
+            out.append(probe_image(path))
+        except DECODE_ERRORS as exc:
+            out.append(f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def _decode_chunk(raw_path, jobs, size, channels):
+    """Decode ``jobs`` ((row, path) pairs) into rows of the .npy at ``raw_path``
+    (opened here: worker processes share it through the page cache)."""
+    raw = np.load(raw_path, mmap_mode="r+")
+    failed = []
+    for j, path in jobs:
+        try:
+            raw[j] = decode_image(path, size, channels)
+        except DECODE_ERRORS as exc:
+            failed.append((j, f"{type(exc).__name__}: {exc}"))
+    raw.flush()
+    return failed
+
+
+def _parallel(fn, tasks, total, progress, desc):
+    """[fn(*args) for count, args in tasks], with a progress bar (``count`` images
+    per task) on a terminal.
+
+    Small images decode in ~0.1 ms, mostly Python holding the GIL, so threads
+    do not help; big jobs use one forked process per core (as PyTorch's
+    DataLoader does on Linux; spawned workers would re-run a caller's script
+    that lacks a ``__main__`` guard), small ones, or where there is no fork,
+    run here."""
     from tqdm.auto import tqdm
-    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-    results = [None] * len(chunks)
     show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=len(items), desc=desc, unit="img", disable=not show, leave=False) as bar, \
-            concurrent.futures.ThreadPoolExecutor(available_cores()) as pool:
-        futures = {pool.submit(fn, chunk): i for i, chunk in enumerate(chunks)}
-        for fut in concurrent.futures.as_completed(futures):
-            i = futures[fut]
-            results[i] = fut.result()
-            bar.update(len(chunks[i]))
-    return results
+    cores = available_cores()
+    with tqdm(total=total, desc=desc, unit="img", disable=not show, leave=False) as bar:
+        if cores == 1 or total < PARALLEL_MIN or \
+                "fork" not in multiprocessing.get_all_start_methods():
+            results = []
+            for count, args in tasks:
+                results.append(fn(*args))
+                bar.update(count)
+            return results
+        results = [None] * len(tasks)
+        context = multiprocessing.get_context("fork")
+        try:
+            with concurrent.futures.ProcessPoolExecutor(cores, mp_context=context) as pool:
+                futures = {pool.submit(fn, *args): i for i, (_, args) in enumerate(tasks)}
+                for fut in concurrent.futures.as_completed(futures):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    bar.update(tasks[i][0])
+        except (concurrent.futures.process.BrokenProcessPool, OSError):
+            # a worker died (out of memory, killed): do the rest here
+            for i, (count, args) in enumerate(tasks):
+                if results[i] is None:
+                    results[i] = fn(*args)
+                    bar.update(count)
+        return results
 
 
 def _stratified_split(labels, num_classes, test_fraction, seed):
@@ -228,18 +281,10 @@ def load_folder(data_dir, image_size=None, channels=None, test_fraction=0.1, see
 def _build(root, entries, tags, skipped, total, classes, image_size, channels,
            test_fraction, seed, held_out, strict, cache_dir, key, progress):
     paths = [os.path.join(root, rel) for rel, _ in entries]
-
-    def probe(chunk):
-        out = []
-        for i in chunk:
-            try:
-                out.append((i, probe_image(paths[i])))
-            except DECODE_ERRORS as exc:
-                out.append((i, f"{type(exc).__name__}: {exc}"))
-        return out
-
-    probed = [r for chunk in _parallel(probe, list(range(len(paths))), progress, "reading")
-              for r in chunk]
+    tasks = [(len(paths[i:i + CHUNK]), (paths[i:i + CHUNK],))
+             for i in range(0, len(paths), CHUNK)]
+    probed = list(enumerate(r for chunk in _parallel(_probe_chunk, tasks, len(paths),
+                                                     progress, "reading") for r in chunk))
     bad = {i: why for i, why in probed if isinstance(why, str)}
     info = {i: r for i, r in probed if not isinstance(r, str)}
     if strict and bad:
@@ -264,16 +309,12 @@ def _build(root, entries, tags, skipped, total, classes, image_size, channels,
     try:
         raw = entry.array("raw", (len(good), H, W) if channels == 1 else (len(good), H, W, 3))
 
-        def decode(chunk):
-            failed = []
-            for j in chunk:
-                try:
-                    raw[j] = decode_image(paths[good[j]], (H, W), channels)
-                except DECODE_ERRORS as exc:
-                    failed.append((j, f"{type(exc).__name__}: {exc}"))
-            return failed
-
-        failed = [f for chunk in _parallel(decode, list(range(len(good))), progress,
+        jobs = [(j, paths[i]) for j, i in enumerate(good)]
+        tasks = [(len(jobs[k:k + CHUNK]),
+                  (os.path.join(entry.tmp, "raw.npy"), jobs[k:k + CHUNK], (H, W), channels))
+                 for k in range(0, len(jobs), CHUNK)]
+        raw.flush()
+        failed = [f for chunk in _parallel(_decode_chunk, tasks, len(jobs), progress,
                                            "decoding") for f in chunk]
         for j, why in failed:
             bad[good[j]] = why
@@ -300,6 +341,9 @@ def _build(root, entries, tags, skipped, total, classes, image_size, channels,
                                 f"add a test/ folder")
         else:
             train, test = train_pool, np.flatnonzero(split == "test")
+        # Training images are stored in a fixed shuffled order, not class by
+        # class, so that the first N (train --limit N) hold every class.
+        train = train[np.random.default_rng(0).permutation(len(train))]
         val = np.flatnonzero(split == "val")
         order = np.concatenate([train, val, test])
         shape = (len(order), H, W) if channels == 1 else (len(order), 3, H, W)
