@@ -2,8 +2,9 @@
 
 Loads Fashion-MNIST (or, with --data-dir, any MNIST-format IDX folder, an
 image-folder tree DIR/<class>/*.png|jpg or DIR/train/<class>, DIR/test/<class>,
-or a Keras-layout .npz; see cnn.datasets), trains with the Cython kernels, prints progress and validation metrics each epoch, evaluates on the
-test set, and writes beside each other:
+or a Keras-layout .npz; see cnn.datasets), trains with the Cython kernels,
+prints progress and validation metrics each epoch, evaluates on the test set,
+and writes beside each other:
 
     models/convnet.npz            the weights file (cnn.load_model, the service)
     models/convnet.ckpt           checkpoint for --resume: every --checkpoint-every

@@ -356,3 +356,25 @@ def test_decoding_in_worker_processes_gives_the_same_cache(tmp_path, monkeypatch
     assert np.array_equal(inline.train_images, forked.train_images)
     assert np.array_equal(inline.test_labels, forked.test_labels)
     assert forked.meta["skipped"] == 1
+
+
+def test_too_little_cache_space_is_refused_before_decoding(tmp_path, load, monkeypatch):
+    import shutil
+    make_flat(tmp_path / "d", n=3)
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(DataError, match=r"cache folder .* MiB free.*--cache-dir"):
+        load(tmp_path / "d", test_fraction=0.34)
+
+
+def test_temporary_entries_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    from cnn.datasets import cache
+    old, live = tmp_path / ".abc.1.tmp", tmp_path / ".abc.2.tmp"
+    for d in (old, live):
+        d.mkdir()
+        (d / "raw.npy").write_bytes(b"x")
+    past = os.path.getmtime(old) - 2 * cache.STALE_SECONDS
+    for p in (old / "raw.npy", old):
+        os.utime(p, (past, past))
+    assert cache.remove_stale(tmp_path) == 1
+    assert not old.exists() and live.exists()

@@ -11,11 +11,17 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
+from cnn.data import DataError
+
 CACHE_ENV = "CNN_CACHE_DIR"
 FORMAT = 1
+# A temporary entry untouched this long was left by a killed run (a live one
+# writes its images file continuously).
+STALE_SECONDS = 3600
 
 
 def default_cache_dir():
@@ -48,11 +54,43 @@ def load(cache_dir, key):
     return images, labels, meta
 
 
-class Entry:
-    """A cache entry being written: ``images`` is a writable memory map."""
+def remove_stale(cache_dir, max_age=STALE_SECONDS):
+    """Remove temporary entries that killed runs left; returns how many."""
+    removed, now = 0, time.time()
+    try:
+        names = [n for n in os.listdir(cache_dir) if n.startswith(".") and n.endswith(".tmp")]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(cache_dir, name)
+        try:
+            newest = max([os.path.getmtime(path)] + [
+                os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)])
+        except OSError:
+            continue
+        if now - newest > max_age:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
-    def __init__(self, cache_dir, key):
-        os.makedirs(cache_dir, exist_ok=True)
+
+class Entry:
+    """A cache entry being written into a temporary folder, renamed when complete.
+
+    ``need_bytes``: what it will hold; refused up front when the disk has less."""
+
+    def __init__(self, cache_dir, key, need_bytes=0):
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            remove_stale(cache_dir)
+            free = shutil.disk_usage(cache_dir).free
+        except OSError as exc:
+            raise DataError(f"cache folder {cache_dir}: {exc.strerror or exc} (choose "
+                            f"another with --cache-dir)") from None
+        if free < need_bytes:
+            raise DataError(f"cache folder {cache_dir} has {free / 2**20:,.0f} MiB free; "
+                            f"decoding these images needs {need_bytes / 2**20:,.0f} MiB "
+                            f"(choose another with --cache-dir, or a smaller --image-size)")
         self.final = os.path.join(cache_dir, key)
         self.tmp = tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache_dir)
 

@@ -305,7 +305,8 @@ def _build(root, entries, tags, skipped, total, classes, image_size, channels,
         image_size = next(iter(sizes))
     H, W = image_size
     good = sorted(info)
-    entry = cache.Entry(cache_dir, key)
+    # the decoded images twice (file order, then train/val/test order) at the peak
+    entry = cache.Entry(cache_dir, key, need_bytes=2 * len(good) * H * W * channels)
     try:
         raw = entry.array("raw", (len(good), H, W) if channels == 1 else (len(good), H, W, 3))
 
