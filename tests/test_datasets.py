@@ -300,28 +300,27 @@ def test_train_bad_data_flags(tmp_path, args, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_train_mixed_sizes_and_image_size_on_idx_are_clear_errors(tmp_path, make_idx_dir):
+def test_train_mixed_sizes_and_image_size_on_idx_are_clear_errors(tmp_path, make_idx_dir,
+                                                                 capsys):
+    from cnn.train import main
     rng = np.random.default_rng(8)
     for c in ("a", "b"):
         save(tmp_path / "d" / c / "1.png", rgb(rng, 16, 16))
         save(tmp_path / "d" / c / "2.png", rgb(rng, 10, 12))
-    proc = run_train(tmp_path, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c")
-    assert proc.returncode == 2 and "10x12 (2 images)" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert main(["--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "10x12 (2 images)" in capsys.readouterr().err
     idx = make_idx_dir()
-    proc = run_train(tmp_path, "--data-dir", idx, "--image-size", "8x8")
-    assert proc.returncode == 2 and "--image-size: applies to image folders" in proc.stderr
+    assert main(["--data-dir", str(idx), "--image-size", "8x8"]) == 2
+    assert "--image-size: applies to image folders" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------- python -m cnn.evaluate
 
 
-def test_evaluate_a_folder_model_on_exactly_the_held_out_images(tmp_path):
+def test_evaluate_a_folder_model_on_exactly_the_held_out_images(tmp_path, capsys):
     import json
-    import subprocess
-    import sys
+    from cnn.evaluate import main
     from cnn.io import read_model_file
-    from tests.test_train import env
     make_flat(tmp_path / "d", n=12, kind=gray)
     proc = run_train(tmp_path, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c",
                      "--out", tmp_path / "m.npz", "--seed", "3")
@@ -329,20 +328,19 @@ def test_evaluate_a_folder_model_on_exactly_the_held_out_images(tmp_path):
     summary = read_model_file(tmp_path / "m.npz")[0]["summary"]
 
     def evaluate():
-        return subprocess.run([sys.executable, "-m", "cnn.evaluate", tmp_path / "m.npz",
-                               "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c",
-                               "--json"], env=env(), capture_output=True, text=True,
-                              timeout=60)
-    proc = evaluate()
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+        code = main([str(tmp_path / "m.npz"), "--data-dir", str(tmp_path / "d"),
+                     "--cache-dir", str(tmp_path / "c"), "--json"])
+        return code, capsys.readouterr()
+    code, out = evaluate()
+    assert code == 0, out.err
+    report = json.loads(out.out)
     assert report["total"] == summary["data"]["split"]["test_images"] == 3
     assert report["accuracy"] == pytest.approx(summary["test_accuracy"])
     assert report["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
     assert len(os.listdir(tmp_path / "c")) == 1         # the training run's cache entry
     save(tmp_path / "d" / "cat" / "new.png", gray(np.random.default_rng(9)))
-    proc = evaluate()
-    assert proc.returncode == 2 and "cannot be reproduced" in proc.stderr
+    code, out = evaluate()
+    assert code == 2 and "cannot be reproduced" in out.err
 
 
 def test_decoding_in_worker_processes_gives_the_same_cache(tmp_path, monkeypatch):
