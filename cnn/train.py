@@ -430,8 +430,8 @@ def run(argv=None):
         return fail(f"--data-dir: the training images in {data.source} are not the ones the "
                     f"resumed run was trained on")
     input_shape = input_shape_of(data)
-    if getattr(data, "val_images", None) is not None and len(data.val_images):
-        # the folder's own val/ split replaces --val-fraction
+    val_folder = getattr(data, "val_images", None) is not None and len(data.val_images) > 0
+    if val_folder:      # the folder's own val/ split replaces --val-fraction
         tr_x, tr_y, va_x, va_y = images, labels, data.val_images, data.val_labels
     else:
         tr_x, tr_y, va_x, va_y = train_val_split(images, labels, args.val_fraction,
@@ -580,7 +580,8 @@ def run(argv=None):
             "cnn_version": __version__,
         }
         if record:      # image folders and .npz: shape, channel order, resize, the split
-            summary["data"] = dict(record, val_fraction=args.val_fraction)
+            summary["data"] = dict(record, val_fraction=None if val_folder else
+                                   args.val_fraction, val_images=len(x_val))
         write_output(out, lambda: save_model(out, model, summary))
         hist_file, png_file = sidecar(out, ".history.json"), sidecar(out, ".png")
         write_output(hist_file, lambda: atomic_write(hist_file, lambda f: f.write(json.dumps(

@@ -286,6 +286,7 @@ def test_train_on_an_rgb_folder_records_the_data_in_the_weights_file(tmp_path):
     data = meta["summary"]["data"]
     assert data["channel_order"] == "RGB" and data["resize"].startswith("exif")
     assert data["split"]["kind"] == "seeded" and data["split"]["test_images"] == 3
+    assert data["val_fraction"] == 0.1 and data["val_images"] == 3
     again = load_data(tmp_path / "d", cache_dir=tmp_path / "c")
     assert data["split"]["test_sha256"] == again.meta["split"]["test_sha256"]
 
@@ -376,3 +377,20 @@ def test_temporary_entries_of_killed_runs_are_removed_and_live_ones_kept(tmp_pat
         os.utime(p, (past, past))
     assert cache.remove_stale(tmp_path) == 1
     assert not old.exists() and live.exists()
+
+
+def test_train_validates_on_the_folders_own_val_split(tmp_path, capsys):
+    from cnn.io import read_model_file
+    from cnn.train import main
+    make_flat(tmp_path / "d" / "train", n=4, kind=gray)
+    make_flat(tmp_path / "d" / "test", n=1, kind=gray, seed=1)
+    make_flat(tmp_path / "d" / "val", n=1, kind=gray, seed=2)
+    code = main(["--data-dir", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "m.npz"), "--epochs", "1", "--progress", "lines",
+                 "--arch", "conv4k3p1-relu-maxpool2-flatten-dense3"])
+    assert code == 0, capsys.readouterr().err
+    assert "12 train / 3 validation / 3 test" in capsys.readouterr().out
+    meta, _ = read_model_file(tmp_path / "m.npz")
+    assert meta["input_shape"] == [1, 16, 16]
+    assert meta["summary"]["data"]["val_fraction"] is None
+    assert meta["summary"]["data"]["split"]["kind"] == "folders"
