@@ -378,12 +378,20 @@ def _check_declared(path, declared, stored, max_bytes):
     return dtype
 
 
-def _valid_normalization(norm):
+def _valid_normalization(norm, channels):
+    """One mean/std for every channel (numbers), or one per channel (lists of
+    ``channels`` numbers: colour models)."""
     if not isinstance(norm, dict):
         return False
     mean, std = norm.get("mean"), norm.get("std")
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-               for v in (mean, std)) and std > 0
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    if isinstance(mean, list) and isinstance(std, list):
+        return (len(mean) == len(std) == channels and all(map(number, mean))
+                and all(number(v) and v > 0 for v in std))
+    return number(mean) and number(std) and std > 0
 
 
 def load_model(path, backend=None, threads=None, max_bytes=None):
@@ -416,9 +424,11 @@ def load_model(path, backend=None, threads=None, max_bytes=None):
     if bad:
         raise ModelFileError(path, f"weights {bad} hold NaN or infinite values")
     norm = meta.get("normalization")
-    if norm is not None and not _valid_normalization(norm):
+    channels = model.input_shape[0]
+    if norm is not None and not _valid_normalization(norm, channels):
         raise ModelFileError(path, f"bad normalization {norm!r} (expected "
-                                   f'{{"mean": number, "std": positive number}} or null)')
+                                   f'{{"mean": number, "std": positive number}}, lists of '
+                                   f"{channels} such numbers, or null)")
     model.normalization = norm
     model.summary_info = meta.get("summary", {})
     model.meta = meta

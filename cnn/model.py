@@ -197,7 +197,13 @@ class Sequential:
         else:
             raise TypeError(f"x must be uint8 (0-255) or float (0-1) pixels, got {x.dtype}")
         if self.normalization is not None:
-            x = (x - ftype(self.normalization["mean"])) / ftype(self.normalization["std"])
+            mean, std = self.normalization["mean"], self.normalization["std"]
+            if isinstance(mean, (list, tuple)):   # per channel (colour models)
+                mean = np.asarray(mean, ftype).reshape(-1, 1, 1)
+                std = np.asarray(std, ftype).reshape(-1, 1, 1)
+            else:
+                mean, std = ftype(mean), ftype(std)
+            x = (x - mean) / std
         return np.ascontiguousarray(x, dtype=ftype)
 
     def logits(self, x, batch_size=256):

@@ -289,6 +289,15 @@ def test_train_on_an_rgb_folder_records_the_data_in_the_weights_file(tmp_path):
     assert data["val_fraction"] == 0.1 and data["val_images"] == 3
     again = load_data(tmp_path / "d", cache_dir=tmp_path / "c")
     assert data["split"]["test_sha256"] == again.meta["split"]["test_sha256"]
+    # the colour model loads, and predicts its held-out images as training scored them
+    from cnn.io import load_model
+    model = load_model(tmp_path / "m.npz")
+    proba = model.predict_proba(again.test_images)          # uint8 (N, 3, 16, 16)
+    assert proba.shape == (3, 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    norm = meta["normalization"]
+    x = (again.test_images / np.float32(255) - np.asarray(norm["mean"], np.float32)
+         .reshape(3, 1, 1)) / np.asarray(norm["std"], np.float32).reshape(3, 1, 1)
+    assert np.allclose(model.prepare(again.test_images), x, atol=1e-6)
 
 
 @pytest.mark.parametrize("args, message", [

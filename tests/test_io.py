@@ -560,3 +560,26 @@ def test_unreadable_member_headers_are_named_without_python_internals(lenet_file
         message = info.value.problem
         assert name in message and "unreadable .npy header" in message, message
         assert "0x" not in message and "<ast" not in message and "object at" not in message
+
+
+@pytest.mark.parametrize("norm, ok", [
+    ({"mean": [0.1, 0.2, 0.3], "std": [0.2, 0.2, 0.2]}, True),
+    ({"mean": [0.1, 0.2], "std": [0.2, 0.2]}, False),             # 2 values, 3 channels
+    ({"mean": [0.1, 0.2, 0.3], "std": [0.2, 0.0, 0.2]}, False),   # a zero std
+    ({"mean": [0.1, 0.2, "x"], "std": [0.2, 0.2, 0.2]}, False),
+    ({"mean": 0.2, "std": [0.2, 0.2, 0.2]}, False),
+])
+def test_per_channel_normalization_of_colour_models(tmp_path, norm, ok):
+    model = build_architecture("conv4k3p1-relu-maxpool2-flatten-dense3", 3, (3, 8, 8))
+    model.build(seed=0)
+    model.normalization = norm
+    save_model(tmp_path / "c.npz", model)
+    if not ok:
+        with pytest.raises(ModelFileError, match="bad normalization"):
+            load_model(tmp_path / "c.npz")
+        return
+    loaded = load_model(tmp_path / "c.npz")
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    mean = np.asarray(norm["mean"], np.float32).reshape(3, 1, 1)
+    std = np.asarray(norm["std"], np.float32).reshape(3, 1, 1)
+    assert np.allclose(loaded.prepare(x), (x / np.float32(255) - mean) / std, atol=1e-6)
