@@ -164,3 +164,26 @@ def test_infer_limits_and_content_type(make_app, models_dir):
                  400)
     assert_error(client.get("/v2/models/tiny/infer"), 405)
     assert_error(client.post("/v2/health/live"), 405)
+
+
+def test_a_colour_model_is_served_through_v2(make_app, tmp_path):
+    import numpy as np
+    from cnn.architectures import build_architecture
+    from cnn.io import load_model, save_model
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    model = build_architecture("conv4k3p1-relu-maxpool2-flatten-dense3", 3, (3, 8, 8),
+                               class_names=["a", "b", "c"])
+    model.build(seed=0)
+    model.normalization = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    save_model(folder / "col.npz", model)
+    client = make_app(folder).test_client()
+    meta = client.get("/v2/models/col").get_json()
+    assert meta["inputs"][0]["shape"] == [-1, 3, 8, 8]
+    x = np.random.default_rng(1).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    r = client.post("/v2/models/col/infer", json={"inputs": [
+        {"name": "input", "shape": [4, 3, 8, 8], "datatype": "UINT8",
+         "data": x.ravel().tolist()}]})
+    assert r.status_code == 200, r.get_json()
+    proba = np.asarray(r.get_json()["outputs"][0]["data"], np.float32).reshape(4, 3)
+    assert np.allclose(proba, load_model(folder / "col.npz").predict_proba(x), atol=1e-6)
