@@ -3,9 +3,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnn.data import Dataset
+
 
 @dataclass(frozen=True, eq=False)
-class ImageDataset:
+class ImageDataset(Dataset):
     """Images and labels from an image folder or a ``.npz`` file.
 
     - ``train_images``/``test_images``: uint8, (N, H, W) for grayscale (exactly as
@@ -18,20 +20,9 @@ class ImageDataset:
       resize policy, the split, skipped files)
     - ``val_images``/``val_labels``: a folder's own ``val/`` split, else None
     """
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    class_names: tuple
-    name: str
-    source: str
     meta: dict = field(default_factory=dict)
     val_images: np.ndarray = None       # DIR/val/<class>, when the folder has one
     val_labels: np.ndarray = None
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
 
     @property
     def channels(self):
