@@ -147,8 +147,7 @@ def default_out(arch):
 
 
 def checkpoint_path(out):
-    stem = out[:-4] if out.endswith(".npz") else out
-    return stem + ".ckpt"
+    return sidecar(out, ".ckpt")
 
 
 def sidecar(out, suffix):

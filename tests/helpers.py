@@ -142,3 +142,20 @@ def repeat_for(seconds, values, at_least=3):
         if i >= at_least and time.perf_counter() > end:
             return
         yield value
+
+
+def assert_threads_sum_db_exactly(forward, backward):
+    """Each thread adds its images' db into its own part. 8000 one-pixel images,
+    1024 filters, integer-valued dout: the sums are exact, and threads sharing one
+    accumulator (a race) lose additions in most runs; repeated for 0.3 s to catch
+    it on a busy machine too. ``forward(x, w, b)`` / ``backward(dout, cache)``
+    are a conv op's pair with the call's options bound."""
+    N, F = 8000, 1024
+    x, w = np.ones((N, 1, 1, 1), np.float32), np.ones((F, 1, 1, 1), np.float32)
+    b = np.zeros(F, np.float32)
+    out, cache = forward(x, w, b)
+    dout = np.ones_like(out)
+    for run in repeat_for(0.3, range(100), at_least=3):
+        _, dw, db = backward(dout, cache)
+        np.testing.assert_array_equal(db, np.full(F, N, np.float32), err_msg=f"run {run}")
+        np.testing.assert_array_equal(dw.reshape(F), np.full(F, N, np.float32))

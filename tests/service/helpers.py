@@ -42,5 +42,19 @@ def npy_batch(n=1, dtype=np.uint8, fill=0):
     return buf.getvalue()
 
 
+def save_colour_model(folder, name, size, class_names, normalization=None):
+    """A random-weight 3-channel model of ``size`` (H, W) saved as folder/name.npz
+    (the folder is made); returns the model."""
+    from cnn.architectures import build_architecture
+    from cnn.io import save_model
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_architecture(f"conv4k3p1-relu-maxpool2-flatten-dense{len(class_names)}",
+                               len(class_names), (3, *size), class_names=class_names)
+    model.build(seed=0)
+    model.normalization = normalization
+    save_model(folder / f"{name}.npz", model)
+    return model
+
+
 def random_images(n, seed=0, size=(28, 28)):
     return np.random.default_rng(seed).integers(0, 256, size=(n, *size), dtype=np.uint8)

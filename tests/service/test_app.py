@@ -133,14 +133,9 @@ def test_index_page(client):
 
 
 def test_index_page_of_a_colour_model_offers_no_canvas(make_app, tmp_path):
-    from cnn.architectures import build_architecture
-    from cnn.io import save_model
+    from tests.service.helpers import save_colour_model
     models = tmp_path / "colour"
-    models.mkdir()
-    model = build_architecture("conv4k3p1-relu-maxpool2-flatten-dense3", 3, (3, 16, 16),
-                               class_names=["cat", "dog", "bird"])
-    model.build(seed=0)
-    save_model(models / "pets.npz", model)
+    save_colour_model(models, "pets", (16, 16), ["cat", "dog", "bird"])
     html = make_app(models).test_client().get("/").get_data(as_text=True)
     assert ">pets classifier</h1>" in html and "Classes: cat, dog, bird" in html
     assert 'id="draw-panel" hidden>' in html

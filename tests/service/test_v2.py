@@ -168,15 +168,11 @@ def test_infer_limits_and_content_type(make_app, models_dir):
 
 def test_a_colour_model_is_served_through_v2(make_app, tmp_path):
     import numpy as np
-    from cnn.architectures import build_architecture
-    from cnn.io import load_model, save_model
+    from cnn.io import load_model
+    from tests.service.helpers import save_colour_model
     folder = tmp_path / "colour"
-    folder.mkdir()
-    model = build_architecture("conv4k3p1-relu-maxpool2-flatten-dense3", 3, (3, 8, 8),
-                               class_names=["a", "b", "c"])
-    model.build(seed=0)
-    model.normalization = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
-    save_model(folder / "col.npz", model)
+    save_colour_model(folder, "col", (8, 8), ["a", "b", "c"],
+                      {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]})
     client = make_app(folder).test_client()
     meta = client.get("/v2/models/col").get_json()
     assert meta["inputs"][0]["shape"] == [-1, 3, 8, 8]
