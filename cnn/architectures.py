@@ -7,6 +7,8 @@ or a spec string of dash-separated tokens:
 
     conv32k3p1     Conv2D, 32 filters, 3x3 kernel, pad 1 (s2 = stride 2)
     maxpool2       MaxPool2D 2x2 (maxpool3s2: 3x3 with stride 2); avgpool2 likewise
+    gap            GlobalAvgPool2D (also globalavgpool): (C, H, W) -> (C,), the mean
+                   of each channel, so a Dense after it fits any input size
     relu, flatten, bn (BatchNorm2D), dropout0.5
     dense128       Dense with 128 units
 
@@ -17,8 +19,8 @@ import json
 import os
 import re
 
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
-                        ReLU, layer_from_config)
+from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                        GlobalAvgPool2D, MaxPool2D, ReLU, layer_from_config)
 from cnn.model import Sequential
 
 
@@ -60,6 +62,7 @@ _TOKENS = [
      lambda m: MaxPool2D(int(m[1]), int(m[2]) if m[2] else None)),
     (re.compile(r"avgpool(\d+)(?:s(\d+))?"),
      lambda m: AvgPool2D(int(m[1]), int(m[2]) if m[2] else None)),
+    (re.compile(r"gap|globalavgpool"), lambda m: GlobalAvgPool2D()),
     (re.compile(r"relu"), lambda m: ReLU()),
     (re.compile(r"flatten"), lambda m: Flatten()),
     (re.compile(r"bn"), lambda m: BatchNorm2D()),
@@ -83,8 +86,8 @@ def parse_spec(spec):
                 break
         else:
             raise ValueError(f"architecture spec {spec!r}: cannot read {token!r} (expected "
-                             f"e.g. conv32k3p1, maxpool2, avgpool2, relu, flatten, bn, "
-                             f"dropout0.5, dense10)")
+                             f"e.g. conv32k3p1, maxpool2, avgpool2, gap, relu, flatten, "
+                             f"bn, dropout0.5, dense10)")
     if layers and isinstance(layers[-1], Dense) and layers[-1].init == "he":
         layers[-1].init = "glorot"   # the classifier has no relu after it
     return layers

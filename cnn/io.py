@@ -37,8 +37,8 @@ from typing import NamedTuple
 import numpy as np
 
 from cnn._npy import NpyHeaderError, read_npy_header
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
-                        ReLU)
+from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                        GlobalAvgPool2D, MaxPool2D, ReLU)
 from cnn.model import Sequential
 
 FORMAT = "cnn-weights"
@@ -326,7 +326,7 @@ def read_model_file(path, max_bytes=None):
         return archive.meta, archive.read([n for n in archive.headers if n != "__meta__"])
 
 
-_PARAM_FREE = (ReLU, Flatten, MaxPool2D, AvgPool2D, Dropout)
+_PARAM_FREE = (ReLU, Flatten, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dropout)
 
 
 def declared_shapes(model):

@@ -164,6 +164,30 @@ class AvgPool2D(_Pool2D):
         return self.ops.avgpool2d_backward(dout, self.cache, threads=self.threads)
 
 
+class GlobalAvgPool2D(Layer):
+    """(N, C, H, W) -> (N, C): each channel's mean over H and W, for any H, W.
+
+    Lets a network end in Dense for any input size (the Dense sees C features
+    whatever the image size). One pass over memory, no kernel needed: NumPy.
+    backward spreads dout / (H*W) evenly over the H x W cells.
+    """
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"GlobalAvgPool2D needs (C, H, W) input, got {input_shape}")
+        return (input_shape[0],)
+
+    def forward(self, x, training=False):
+        self.cache = x.shape
+        return x.mean(axis=(2, 3), dtype=x.dtype)
+
+    def backward(self, dout, need_dx=True):
+        N, C, H, W = self.cache
+        scale = dout.dtype.type(1.0 / (H * W))
+        # A real array, not a broadcast view: the kernels below want contiguous input.
+        return np.repeat((dout * scale).reshape(N * C, 1), H * W, axis=1).reshape(N, C, H, W)
+
+
 class ReLU(Layer):
     def forward(self, x, training=False):
         out, self.cache = self.ops.relu_forward(x, threads=self.threads)
@@ -320,7 +344,8 @@ class BatchNorm2D(Layer):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in
-               (Conv2D, MaxPool2D, AvgPool2D, ReLU, Flatten, Dense, Dropout, BatchNorm2D)}
+               (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, ReLU, Flatten, Dense, Dropout,
+                BatchNorm2D)}
 
 
 def layer_from_config(config):

@@ -6,7 +6,7 @@ import pytest
 
 from cnn.backends import get_backend
 from cnn.layers import (LAYER_TYPES, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                        MaxPool2D, ReLU, layer_from_config)
+                        GlobalAvgPool2D, MaxPool2D, ReLU, layer_from_config)
 
 BACKENDS = ["cython", "python"]
 
@@ -36,6 +36,7 @@ SHAPE_CASES = [
     (lambda: Dense(7), (12,), (7,)),
     (lambda: Dropout(0.5), (3, 4, 4), (3, 4, 4)),
     (lambda: BatchNorm2D(), (3, 4, 4), (3, 4, 4)),
+    (lambda: GlobalAvgPool2D(), (3, 5, 7), (3,)),
 ]
 
 
@@ -215,6 +216,7 @@ CONFIG_CASES = [
     Dense(17, init="glorot"),
     Dropout(0.25),
     BatchNorm2D(momentum=0.05, eps=1e-3),
+    GlobalAvgPool2D(),
 ]
 
 
