@@ -172,16 +172,20 @@ class Sequential:
         """Raw pixels -> normalised (N, C, H, W) in the model's dtype (float32 by default).
 
         Accepts uint8 0-255 or float 0-1, shaped (N, C, H, W) or, for one
-        channel, (N, H, W).
+        channel, (N, H, W), or for several channels-last (N, H, W, C) as
+        Pillow, Keras and ``cnn.images.decode_images`` give colour images
+        (a shape that reads both ways is taken as channels-first).
         """
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
         C, H, W = self.input_shape
         if x.ndim == 3 and C == 1:
             x = x[:, None]
+        elif x.ndim == 4 and C > 1 and x.shape[1:] != (C, H, W) and x.shape[1:] == (H, W, C):
+            x = x.transpose(0, 3, 1, 2)
         if x.ndim != 4 or x.shape[1:] != (C, H, W):
-            raise ValueError(f"x must have shape (N, {C}, {H}, {W})"
-                             f"{f' or (N, {H}, {W})' if C == 1 else ''}, got {x.shape}")
+            other = f" or (N, {H}, {W})" if C == 1 else f" or (N, {H}, {W}, {C})"
+            raise ValueError(f"x must have shape (N, {C}, {H}, {W}){other}, got {x.shape}")
         # The kernels need the input in the parameters' dtype (float32 unless
         # the model was built or saved in float64).
         ftype = (np.dtype(np.float32) if self.dtype is None else self.dtype).type

@@ -1,11 +1,14 @@
 """Classify image files: ``python -m cnn.predict MODEL IMAGE... [--top 3] [--json]``.
 
 Each image (PNG, JPEG, BMP, GIF, WEBP, TIFF or PPM; any size and colour mode)
-is turned into the model's input the way ``cnn.images.decode_image`` does it:
-grayscale, a light object on a black background (``--invert auto`` inverts
-pictures with a light background, such as product photos on white), fitted
-into the model's input size. For each image it prints the top-K classes with
-their probabilities::
+is turned into the model's input by ``cnn.images.decode_image``, the way the
+weights file says (``cnn.images.upload_policy``): for a model trained on an
+image folder, exactly as its training images were decoded (grayscale or RGB,
+the short side resized, centre-cropped); for a Fashion-MNIST-style model,
+grayscale, a light object on a black background (``--invert auto``, its
+default, inverts pictures with a light background, such as product photos on
+white), fitted into the model's input size. For each image it prints the
+top-K classes with their probabilities::
 
     shoe.png: Sneaker 0.91, Sandal 0.05, Ankle boot 0.03
 
@@ -24,7 +27,7 @@ import sys
 import numpy as np
 
 from cnn.backends import BackendUnavailable, get_backend
-from cnn.images import ImageError, decode_image
+from cnn.images import ImageError, decode_image, upload_policy
 from cnn.io import ModelFileError, load_model
 from cnn._cli import fail as _fail, positive_int
 
@@ -40,9 +43,10 @@ def build_parser():
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
     p.add_argument("--top", type=positive_int, default=3, metavar="K",
                    help="how many of the most likely classes to show (default: 3)")
-    p.add_argument("--invert", choices=list(INVERT), default="auto",
+    p.add_argument("--invert", choices=list(INVERT), default=None,
                    help="make the object light on black: auto inverts images with a light "
-                        "background, yes always, no never (default: auto)")
+                        "background, yes always, no never (default: the model's own: auto "
+                        "for models trained on light objects on black, else no)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON list with an object per image")
     p.add_argument("--backend", choices=["cython", "python", "naive"], default=None,
@@ -79,18 +83,15 @@ def main(argv=None):
         model = load_model(args.model, backend=args.backend, threads=args.threads)
     except ModelFileError as exc:
         return fail(f"MODEL: {exc}")
-    channels, height, width = model.input_shape
-    if channels != 1:
-        return fail(f"the model {args.model!r} takes {channels}-channel input; image files "
-                    f"are decoded to grayscale (1 channel) only")
+    options = upload_policy(model).decode_options(
+        None if args.invert is None else INVERT[args.invert])
     names = class_names_of(model)
     k = min(args.top, len(names))
 
     results, pixels, decoded = [], [], []
     for path in args.images:
         try:
-            pixels.append(decode_image(path, size=(height, width),
-                                       invert=INVERT[args.invert], name=path))
+            pixels.append(decode_image(path, name=path, **options))
         except ImageError as exc:
             results.append({"file": path, "error": exc.reason})
         else:

@@ -32,8 +32,9 @@ def parse_top_k(value, num_classes):
 
 
 def parse_invert(value):
+    """The invert option; None (not given): the model's own default."""
     if value is None:
-        return "auto"
+        return None
     try:
         return INVERT[value.strip().lower()]
     except KeyError:
@@ -73,10 +74,6 @@ def predict():
     served = st.registry.get(model_param(request.args))
     top_k = parse_top_k(request.args.get("top_k"), served.num_classes)
     invert = parse_invert(request.args.get("invert"))
-    if served.input_shape[0] != 1:
-        raise ApiError(400, f"model {served.name!r} takes {served.input_shape[0]}-channel "
-                            f"input; /predict decodes grayscale images only: use "
-                            f"/v2/models/{served.name}/infer")
     max_images, max_pixels = cfg["CNN_MAX_IMAGES"], cfg["CNN_MAX_PIXELS"]
 
     # a .npy body is a header check and a copy: not worth a thread switch

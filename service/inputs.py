@@ -12,11 +12,13 @@
   files (standard or URL-safe alphabet, padding optional, whitespace ignored) or
   ``data:image/...;base64,...`` URLs; a single string is one image.
 * ``application/json`` ``{"pixels": [...]}``: raw pixels, one image (H x W or
-  1 x H x W) or a batch (N x H x W or N x 1 x H x W), values 0-255, or 0-1
-  when no value is > 1 (see ``cnn.images.pixels_from_array``); light object
-  on a black background, never inverted or resized.
+  1 x H x W) or a batch (N x H x W or N x 1 x H x W) for a grayscale model;
+  for a colour (RGB) model N x 3 x H x W or N x H x W x 3 (channels-last, as
+  Pillow and Keras give them), or one image 3 x H x W or H x W x 3. Values
+  0-255, or 0-1 when no value is > 1 (see ``cnn.images.pixels_from_array``);
+  already model input: never inverted or resized.
 * ``application/x-npy``: the body is one array written by ``np.save``, uint8
-  or float, shaped (N, H, W) or (N, 1, H, W) (or (H, W) for one image): the
+  or float, of the shapes above: the
   compact binary form of ``{"pixels": ...}``, with the same value rule. Read
   with ``allow_pickle=False`` after its header (dtype, shape, image count,
   data size) was checked; see :func:`npy_pixels`.
@@ -25,8 +27,11 @@
 Image files are decoded by ``cnn.images.decode_images`` (one image at a time
 as ``decode_image``, the options checked once per batch): the format allow-list
 (``cnn.images.ALLOWED_FORMATS``), the ``CNN_MAX_PIXELS`` limit checked from the
-header before decoding (decompression bombs), grayscale, inverted when the
-background is light (``invert=auto``) and fitted into the model's input size.
+header before decoding (decompression bombs), then the model's own pipeline
+(``cnn.images.upload_policy``): for a model trained on an image folder, the very
+function that decoded its training images (grayscale or RGB, short side
+resized, centre-cropped); for Fashion-MNIST-style models, grayscale, inverted
+when the background is light (``invert=auto``) and fitted into the input size.
 Every header of a request is read before any image is decoded: more than
 ``CNN_MAX_REQUEST_PIXELS`` pixels in all is 413 (see :func:`decode_batch`).
 
@@ -47,7 +52,7 @@ from flask import current_app
 
 from cnn._npy import NpyHeaderError, describe, read_npy_header
 from cnn.images import (ALLOWED_FORMATS, ImageError, PixelBudgetError, decode_images,
-                        pixels_from_array)
+                        pixels_from_array, upload_policy)
 from service.errors import ApiError
 from service.multipart import simple_file_parts
 
@@ -127,14 +132,13 @@ def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None):
     """(model input, names) of the multipart file parts: image files, and .npy
     arrays that each add their N images (named ``file.npy[i]``), in body order.
 
-    Only image files: uint8 (N, H, W), decoded as one batch. With .npy parts:
-    float32 (N, 1, H, W) in [0, 1] (the images as uint8 / 255, exactly the
-    model's own conversion)."""
+    Only image files: uint8 (N, H, W) or (N, H, W, 3), decoded as one batch.
+    With .npy parts: float32 (N, C, H, W) in [0, 1] (the images as uint8 / 255,
+    exactly the model's own conversion)."""
     if not any(npy for _, _, npy in parts):
         check_count(len(parts), max_images)
         items = [(data, name) for data, name, _ in parts]
         return decode_batch(items, served, max_pixels, invert, logger), [n for _, n in items]
-    _, h, w = served.input_shape
     chunks, names, files = [], [], []   # files: (position in names, bytes, name)
     for index, (data, name, npy) in enumerate(parts):
         if npy:
@@ -161,7 +165,8 @@ def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None):
             exc.message = (f"{len(exc.extra['errors'])} of {n} images could not be read; "
                            f"nothing was classified")
             raise
-        decoded = iter(pixels.astype(np.float32)[:, None] / np.float32(255.0))
+        pixels = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)
+        decoded = iter(pixels.astype(np.float32) / np.float32(255.0))
     out = []
     for chunk in chunks:
         out.append(next(decoded)[None] if chunk is None else chunk)
@@ -189,13 +194,15 @@ def base64_image(text):
 
 
 def decode_batch(items, served, max_pixels, invert, logger=None, max_request_pixels=None):
-    """uint8 (N, H, W) from [(bytes or ValueError, name)]; ApiError listing every bad one.
+    """uint8 (N, H, W) (grayscale models) or (N, H, W, 3) (RGB) from [(bytes or
+    ValueError, name)], decoded as the model's upload policy says (``invert``
+    None: the model's default); ApiError listing every bad one.
 
     Every header is read before anything is decoded: images with more than
     ``max_request_pixels`` pixels in all (default: the app's
     ``CNN_MAX_REQUEST_PIXELS``) are 413, which bounds the CPU of a request as
     ``max_pixels`` (``CNN_MAX_PIXELS``) bounds the memory of one image."""
-    _, h, w = served.input_shape
+    policy = upload_policy(served.model)
     if max_request_pixels is None:
         max_request_pixels = current_app.config["CNN_MAX_REQUEST_PIXELS"]
     errors, good = [], []
@@ -220,7 +227,7 @@ def decode_batch(items, served, max_pixels, invert, logger=None, max_request_pix
     x = None
     if good:
         try:
-            x = decode_images([items[i][0] for i in good], size=(h, w), invert=invert,
+            x = decode_images([items[i][0] for i in good], **policy.decode_options(invert),
                               max_pixels=max_pixels, allowed_formats=ALLOWED_FORMATS,
                               on_error=on_error, max_total_pixels=max_request_pixels)
         except PixelBudgetError as exc:
@@ -280,13 +287,13 @@ def nesting_depth(value, limit):
 
 
 def json_pixels(pixels, served, max_images):
-    """float32 (N, 1, H, W) in [0, 1] from the "pixels" of a JSON body."""
-    _, h, w = served.input_shape
+    """float32 (N, C, H, W) in [0, 1] from the "pixels" of a JSON body."""
+    c, h, w = served.input_shape
     if nesting_depth(pixels, 4) > 4:  # (NumPy cannot even iterate over 33+ dimensions)
-        raise ApiError(400, f"pixels must have shape ({h}, {w}), (N, {h}, {w}) or "
-                            f"(N, 1, {h}, {w}): it has more than 4 levels of lists")
+        raise ApiError(400, f"pixels must have shape {_pixel_shapes(c, h, w)}: it has more "
+                            f"than 4 levels of lists")
     try:
-        x = pixels_from_array(pixels, size=(h, w))
+        x = pixels_from_array(pixels, size=(h, w), channels=c)
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     check_count(len(x), max_images)
@@ -307,19 +314,19 @@ def is_npy_part(filename, content_type):
 
 
 def npy_pixels(body, served, max_images, what="the request body"):
-    """float32 (N, 1, H, W) in [0, 1] from the bytes of a .npy file.
+    """float32 (N, C, H, W) in [0, 1] from the bytes of a .npy file.
 
     The header is read and checked before any pixel is: a .npy file (not .npz,
     not a pickle), format version 1 or 2, dtype uint8 or float (no object,
-    structured or other dtypes: nothing is ever unpickled), shape (N, H, W) or
-    (N, 1, H, W) (or (H, W) for one image), 1..max_images images (413 above),
+    structured or other dtypes: nothing is ever unpickled), one of the shapes
+    of {"pixels": ...} (:func:`_pixel_shapes`), 1..max_images images (413 above),
     and exactly as many data bytes as the header declares (a truncated or
     padded file is refused). The pixels are then read with
     ``np.load(..., allow_pickle=False)`` and treated as the JSON "pixels" are
     (``cnn.images.pixels_from_array``: finite, 0-255, or 0-1 when no value is
     > 1; never inverted or resized).
     """
-    _, h, w = served.input_shape
+    c, h, w = served.input_shape
     if not body:
         raise ApiError(400, f"{what} is empty (0 bytes); send a file written by np.save")
     if not body.startswith(_NPY_MAGIC):
@@ -340,13 +347,12 @@ def npy_pixels(body, served, max_images, what="the request body"):
             or not (dtype.kind == "f" or (dtype.kind == "u" and dtype.itemsize == 1)):
         raise ApiError(400, f"{what} has dtype {dtype}; send uint8 (0-255) or float "
                             f"(float32/float64, 0-1 or 0-255) pixels")
-    expected = f"(N, {h}, {w}) or (N, 1, {h}, {w}) (or ({h}, {w}) for one image)"
-    if not 2 <= len(shape) <= 4 or tuple(shape[-2:]) != (h, w) \
-            or (len(shape) == 4 and shape[1] != 1):
-        raise ApiError(400, f"{what} must have shape {expected}, got {tuple(shape)}")
-    n = 1 if len(shape) == 2 else int(shape[0])
+    n = _npy_images(tuple(shape), c, h, w)
+    if n is None:
+        raise ApiError(400, f"{what} must have shape {_pixel_shapes(c, h, w)}, got "
+                            f"{tuple(shape)}")
     check_count(n, max_images)
-    data_bytes = n * h * w * dtype.itemsize
+    data_bytes = n * c * h * w * dtype.itemsize
     have = len(body) - fp.tell()
     if have != data_bytes:
         problem = "is truncated" if have < data_bytes else "has extra bytes after its data"
@@ -358,9 +364,32 @@ def npy_pixels(body, served, max_images, what="the request body"):
     except Exception as exc:  # noqa: BLE001 # pragma: no cover - all checked above
         raise ApiError(400, f"{what} cannot be read ({describe(exc)})") from None
     try:
-        return pixels_from_array(arr, size=(h, w))
+        return pixels_from_array(arr, size=(h, w), channels=c)
     except ValueError as exc:
         raise ApiError(400, f"{what}: {exc}") from None
+
+
+def _pixel_shapes(c, h, w):
+    """The array shapes a model of input (c, h, w) takes, as text."""
+    if c == 1:
+        return f"({h}, {w}), (N, {h}, {w}) or (N, 1, {h}, {w})"
+    return (f"(N, {c}, {h}, {w}) or (N, {h}, {w}, {c}) (or ({c}, {h}, {w}) or "
+            f"({h}, {w}, {c}) for one image)")
+
+
+def _npy_images(shape, c, h, w):
+    """How many images an array of ``shape`` holds for input (c, h, w), or None
+    when the shape is not one of _pixel_shapes."""
+    if c == 1:
+        if 2 <= len(shape) <= 4 and shape[-2:] == (h, w) \
+                and (len(shape) != 4 or shape[1] == 1):
+            return 1 if len(shape) == 2 else shape[0]
+        return None
+    if len(shape) == 3 and shape in ((c, h, w), (h, w, c)):
+        return 1
+    if len(shape) == 4 and shape[1:] in ((c, h, w), (h, w, c)):
+        return shape[0]
+    return None
 
 
 # --------------------------------------------------------------------------

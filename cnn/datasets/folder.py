@@ -5,12 +5,13 @@ Layouts: ``DIR/<class>/*.{png,jpg,jpeg,bmp,gif,webp}`` (a seeded, stratified
 ``DIR/test/<class>/...`` and optionally ``DIR/val/<class>/...``. Class names
 are the sorted folder names; hidden files and folders are ignored.
 
-Decoding (Pillow): EXIF orientation applied, converted to L (grayscale) or RGB
-(alpha dropped), then, when the size differs from ``image_size``, the short
-side is resized to fit and the centre cropped (``PIL.ImageOps.fit``, bilinear),
-so the aspect ratio is kept and nothing is padded. JPEGs are decoded at a
-reduced scale when that is still larger than the target (``Image.draft``).
-Images are decoded once, in parallel, into the cache (:mod:`cnn.datasets.cache`).
+Decoding is :mod:`cnn.images.crop`, the function prediction uses too: EXIF
+orientation applied, converted to L (grayscale) or RGB (alpha dropped), then,
+when the size differs from ``image_size``, the short side is resized to fit and
+the centre cropped (``PIL.ImageOps.fit``, bilinear), so the aspect ratio is
+kept and nothing is padded. JPEGs are decoded at a reduced scale when that is
+still larger than the target (``Image.draft``). Images are decoded once, in
+parallel, into the cache (:mod:`cnn.datasets.cache`).
 """
 import concurrent.futures
 import concurrent.futures.process
@@ -23,19 +24,23 @@ from collections import Counter
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cnn import images
 from cnn._threads import available_cores
 from cnn.data import DataError
 from cnn.datasets import cache
 from cnn.datasets.base import ImageDataset
+from cnn.images.policy import upload_record
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
 RESIZE_POLICY = "exif-transpose, resize short side (bilinear), centre crop"
+DECODER = "cnn.images.crop/1"   # part of the cache key: change it when decoding changes
 SHOW = 5            # paths named in a message
 CHUNK = 512         # images per decode task
 PARALLEL_MIN = 4096  # fewer images decode faster than worker processes start
 # Pillow refuses bigger images as decompression bombs; keep its default.
+TRAINING_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 2 ** 62
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError,
                  Image.DecompressionBombError, EOFError)
 
@@ -112,17 +117,15 @@ def probe_image(path):
 
 
 def decode_image(path, size, channels):
-    """The image at ``path`` as uint8 (H, W) or (H, W, 3): see the module docstring."""
-    H, W = size
-    mode = "L" if channels == 1 else "RGB"
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft(mode, (max(H, W), max(H, W)))
-        im = ImageOps.exif_transpose(im)
-        im = im.convert(mode)
-        if im.size != (W, H):
-            im = ImageOps.fit(im, (W, H), method=Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+    """The image at ``path`` as uint8 (H, W) or (H, W, 3), never inverted.
+
+    This is ``cnn.images.decode_image(..., fit="crop")``, the function that
+    prediction and the service use for models trained on image folders (see
+    :mod:`cnn.images.crop`), with Pillow's own pixel limit instead of the
+    service's: a user's own photos may be large."""
+    return images.decode_image(path, size=tuple(size), channels=channels, fit="crop",
+                               invert=False, max_pixels=TRAINING_MAX_PIXELS,
+                               allowed_formats=images.ALLOWED_FORMATS)
 
 
 def _skip_message(skipped, total):
@@ -256,7 +259,7 @@ def load_folder(data_dir, image_size=None, channels=None, test_fraction=0.1, see
     settings = {"image_size": list(image_size) if image_size else None, "channels": channels,
                 "test_fraction": test_fraction if held_out else None,
                 "seed": seed if held_out else None, "strict": bool(strict),
-                "resize": RESIZE_POLICY}
+                "resize": RESIZE_POLICY, "decoder": DECODER}
     cache_dir = cache_dir or cache.default_cache_dir()
     key = cache.cache_key(stats, settings)
     hit = cache.load(cache_dir, key)
@@ -353,13 +356,16 @@ def _build(root, entries, tags, skipped, total, classes, image_size, channels,
             block = raw[ok[order[s:s + 4096]]]
             images[s:s + len(block)] = block if channels == 1 else block.transpose(0, 3, 1, 2)
         images.flush()
-        del images, raw
+        images_train = images[:len(train)]
+        record_uploads = upload_record(images_train, "crop")
+        del images, raw, images_train
         entry.remove("raw")
         skipped_all = skipped + [(entries[i][0], why) for i, why in sorted(bad.items())]
         test_rels = [rels[i] for i in test]
         record = {
             "source_kind": "folder", "input_shape": [channels, H, W],
             "channel_order": "L" if channels == 1 else "RGB", "resize": RESIZE_POLICY,
+            **record_uploads,
             "class_names": list(classes),
             "settings": {"image_size": list(requested[0]) if requested[0] else None,
                          "channels": requested[1]},

@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 
 from cnn.data import DataError
+from cnn.images.policy import light_on_black, upload_record
 from cnn.datasets.base import ImageDataset
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -80,6 +81,8 @@ def load_npz(path):
     C = 1 if x_train.ndim == 3 else x_train.shape[1]
     source = os.path.abspath(path)
     meta = {"source_kind": "npz", "input_shape": [C, *x_train.shape[-2:]],
-            "channel_order": "L" if C == 1 else "RGB", "resize": None}
+            "channel_order": "L" if C == 1 else "RGB", "resize": None,
+            # (light objects on black: uploads as Fashion-MNIST; else as photos)
+            **upload_record(x_train, "pad" if light_on_black(x_train) else "crop")}
     return ImageDataset(x_train, y_train, x_test, y_test, class_names,
                         os.path.splitext(os.path.basename(source))[0], source, meta)

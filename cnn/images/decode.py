@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from cnn.images._pillow import _StrictTruncation, _decode_errors, _pil
+from cnn.images.crop import load_cropped
 from cnn.images.convert import (_exif_transpose_method, _finish, _fit, _gray_alpha,
                                 _reduce_factors)
 from cnn.images.errors import ImageError, PixelBudgetError, _label
@@ -15,8 +16,13 @@ from cnn.images.png import _simple_png, _simple_png_size
 
 
 def decode_image(data, *, size=(28, 28), invert="auto", max_pixels=MAX_PIXELS,
-                 allowed_formats=ALLOWED_FORMATS, name=None):
-    """Decode one image file into a uint8 (H, W) array, Fashion-MNIST style.
+                 allowed_formats=ALLOWED_FORMATS, name=None, channels=1, fit="pad"):
+    """Decode one image file into a uint8 (H, W) array, Fashion-MNIST style, or
+    with ``fit="crop"`` as models trained on image folders see it.
+
+    ``fit="crop"`` (``channels`` 1 or 3, the latter giving (H, W, 3) RGB) is
+    the pipeline of :mod:`cnn.images.crop`: steps 1-2 below, then that
+    module's own. ``fit="pad"`` (the default, grayscale only) is this one:
 
     ``data`` is the file's bytes (bytes, bytearray, memoryview) or a path (str
     or os.PathLike); ``name`` labels the image in error messages (default: the
@@ -62,12 +68,13 @@ def decode_image(data, *, size=(28, 28), invert="auto", max_pixels=MAX_PIXELS,
 
     Returns a new C-contiguous uint8 array of shape ``size``.
     """
-    opts = _check_options(size, invert, max_pixels, allowed_formats)
+    opts = _check_options(size, invert, max_pixels, allowed_formats, channels, fit)
     return _decode_one(data, None, name, opts)
 
 
 def decode_images(items, *, names=None, on_error=None, max_total_pixels=None, **kw):
-    """Decode a batch of image files (bytes or paths) into uint8 (N, H, W).
+    """Decode a batch of image files (bytes or paths) into uint8 (N, H, W)
+    (or (N, H, W, 3) for ``channels=3``).
 
     Takes the keyword arguments of :func:`decode_image` (except ``name``);
     ``names`` optionally labels the items for error messages (default: the
@@ -109,12 +116,13 @@ def decode_images(items, *, names=None, on_error=None, max_total_pixels=None, **
         if len(names) != len(items):
             raise ValueError(f"names must have one entry per item: {len(items)} items but "
                              f"{len(names)} names")
-    unknown = set(kw) - {"size", "invert", "max_pixels", "allowed_formats"}
+    unknown = set(kw) - {"size", "invert", "max_pixels", "allowed_formats", "channels", "fit"}
     if unknown:
         raise TypeError(f"decode_images got unexpected keyword arguments {sorted(unknown)}")
     opts = _check_options(kw.get("size", (28, 28)), kw.get("invert", "auto"),
                           kw.get("max_pixels", MAX_PIXELS),
-                          kw.get("allowed_formats", ALLOWED_FORMATS))
+                          kw.get("allowed_formats", ALLOWED_FORMATS), kw.get("channels", 1),
+                          kw.get("fit", "pad"))
     if max_total_pixels is not None and (
             isinstance(max_total_pixels, bool) or not isinstance(max_total_pixels, numbers.Integral)
             or max_total_pixels < 1):
@@ -123,7 +131,8 @@ def decode_images(items, *, names=None, on_error=None, max_total_pixels=None, **
     if on_error is not None and not callable(on_error):
         raise TypeError(f"on_error must be callable or None, got {type(on_error).__name__}")
     h, w = opts[0]
-    out = (np.empty if on_error is None else np.zeros)((len(items), h, w), dtype=np.uint8)
+    shape = (len(items), h, w) if opts.channels == 1 else (len(items), h, w, 3)
+    out = (np.empty if on_error is None else np.zeros)(shape, dtype=np.uint8)
     if max_total_pixels is None:
         opened = None
     else:
@@ -179,6 +188,9 @@ def _decode_into(out, items, names, opts, on_error, opened=None):
             else:
                 source = opened[i]
                 opened[i] = None  # (freed once decoded)
+            if opts.fit == "crop":
+                out[i] = load_cropped(source, opts, _open_checked)
+                continue
             pixels, alpha, fit = _load(source, opts)
             if alpha is None and pixels.shape == size:
                 out[i] = pixels
@@ -189,7 +201,7 @@ def _decode_into(out, items, names, opts, on_error, opened=None):
             if on_error is None:
                 raise
             on_error(i, exc)
-    if not pending or invert is False:
+    if not pending or invert is False:  # (none pending for fit="crop")
         return
     whole = len(pending) == len(out)
     batch = out if whole else out[pending]
@@ -224,6 +236,8 @@ def _light_background(batch):
 def _decode_one(data, index, name, opts):
     """One image file -> its finished uint8 array of shape ``size``."""
     source = _open_one(data, index, name, opts)
+    if opts.fit == "crop":
+        return load_cropped(source, opts, _open_checked)
     pixels, alpha, fit = _load(source, opts)
     return _finish_checked(pixels, alpha, opts[0], opts[1], source.fail, fit)
 
@@ -259,7 +273,7 @@ class _Source:
 
 def _open_one(data, index, name, opts):
     """Open one image file and check its header (format, pixel count): a _Source."""
-    size, invert, max_pixels, allowed, open_formats = opts
+    size, invert, max_pixels, allowed, open_formats, channels, fit = opts
 
     def fail(reason):
         return ImageError(reason, index=index, name=name)
@@ -280,7 +294,8 @@ def _open_one(data, index, name, opts):
         path = None
         if "PNG" in allowed:
             wh = _simple_png_size(data, max_pixels)
-            if wh is not None and _reduce_factors(*wh, _fit(*wh, size)) == (1, 1):
+            if wh is not None and (fit == "crop" or  # (crop: used when already the size)
+                                   _reduce_factors(*wh, _fit(*wh, size)) == (1, 1)):
                 return _Source(wh[0] * wh[1], fail, png=data)  # (else: reduced by Pillow)
         fp = io.BytesIO(data)
     else:
@@ -332,7 +347,7 @@ def _load(source, opts):
     """Decode an opened image: (uint8 (h, w) grey pixels, "L" alpha image or
     None, fit) where ``fit`` is None or the ((width, height), box) that
     _finish resizes to. Nothing is inverted yet; large images come out reduced."""
-    size, invert, max_pixels, allowed, open_formats = opts
+    size, invert, max_pixels, allowed, open_formats = opts[:5]
     fail = source.fail
     if source.png is not None:
         pixels = _simple_png(source.png, max_pixels)

@@ -7,13 +7,15 @@ from cnn._checks import pair
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
 
 
-def pixels_from_array(a, *, size=(28, 28)):
-    """Raw pixels (nested lists from JSON, or an ndarray) as float32 (N, 1, H, W) in [0, 1].
+def pixels_from_array(a, *, size=(28, 28), channels=1):
+    """Raw pixels (nested lists from JSON, or an ndarray) as float32 (N, C, H, W) in [0, 1].
 
     Accepted shapes, with (H, W) == ``size`` exactly (arrays are never
-    resized): one image (H, W) or (1, H, W); a batch (N, H, W) or
-    (N, 1, H, W). Pixels are already model input: light object on black,
-    not inverted here.
+    resized): for ``channels=1``, one image (H, W) or (1, H, W), a batch
+    (N, H, W) or (N, 1, H, W); for ``channels=3`` (RGB), one image (3, H, W)
+    or (H, W, 3), a batch (N, 3, H, W) or (N, H, W, 3) (channels-last, as
+    Pillow and Keras give them; a shape that reads both ways is taken as
+    channels-first). Pixels are already model input: not inverted here.
 
     Values are numbers in [0, 255]: if any value is > 1 the whole batch is
     read as 0-255 and divided by 255, otherwise it is taken as 0-1 already
@@ -25,25 +27,28 @@ def pixels_from_array(a, *, size=(28, 28)):
     and values outside [0, 255].
     """
     h, w = pair(size, "size", 1)
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     arr = _numeric_array(a)
     if arr.size == 0:
         raise ValueError(f"pixels is empty (shape {arr.shape}); expected at least one "
                          f"{h}x{w} image")
-    shape = arr.shape
-    expected = f"({h}, {w}), (N, {h}, {w}) or (N, 1, {h}, {w})"
-    if arr.ndim < 2 or arr.ndim > 4 or shape[-2:] != (h, w) \
-            or (arr.ndim == 4 and shape[1] != 1):
+    shape, source = arr.shape, arr
+    arr = _as_batch(arr, h, w, channels)
+    if arr is None:
+        expected = (f"({h}, {w}), (N, {h}, {w}) or (N, 1, {h}, {w})" if channels == 1 else
+                    f"(N, 3, {h}, {w}) or (N, {h}, {w}, 3) (or one image (3, {h}, {w}) or "
+                    f"({h}, {w}, 3))")
         raise ValueError(f"pixels must have shape {expected}, got {shape}")
-    arr = arr.reshape((-1, 1, h, w))
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"pixels must be finite numbers, found {arr[tuple(bad)]} at index "
-                         f"{_index_text(bad, shape)} (shape {shape})")
+        bad = np.argwhere(~np.isfinite(source))[0]
+        raise ValueError(f"pixels must be finite numbers, found {source[tuple(bad)]} at index "
+                         f"{_index_text(bad)} (shape {shape})")
     lo, hi = float(arr.min()), float(arr.max())
     if lo < 0 or hi > 255:
-        bad = np.argwhere((arr < 0) | (arr > 255))[0]
+        bad = np.argwhere((source < 0) | (source > 255))[0]
         raise ValueError(f"pixels must lie in [0, 255] (or [0, 1]), found "
-                         f"{arr[tuple(bad)]:g} at index {_index_text(bad, shape)} "
+                         f"{source[tuple(bad)]:g} at index {_index_text(bad)} "
                          f"(shape {shape})")
     if arr.dtype == np.uint8:
         # float32(x) / 255 in float32 is exactly float32(x / 255.0) for every
@@ -58,14 +63,27 @@ def pixels_from_array(a, *, size=(28, 28)):
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _index_text(flat_index, shape):
-    """An index into the (N, 1, H, W) view, as an index into the input's shape."""
-    n, _, i, j = (int(v) for v in flat_index)
-    if len(shape) == 2:
-        return str((i, j))
-    if len(shape) == 3:
-        return str((n, i, j))
-    return str((n, 0, i, j))
+def _as_batch(arr, h, w, channels):
+    """``arr`` as an (N, C, H, W) view, or None when its shape is not accepted."""
+    if channels == 1:
+        if arr.ndim < 2 or arr.ndim > 4 or arr.shape[-2:] != (h, w) \
+                or (arr.ndim == 4 and arr.shape[1] != 1):
+            return None
+        return arr.reshape((-1, 1, h, w))
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        return None
+    if arr.shape[1:] == (channels, h, w):
+        return arr
+    if arr.shape[1:] == (h, w, channels):
+        return arr.transpose(0, 3, 1, 2)
+    return None
+
+
+def _index_text(index):
+    """An index into the input, as the input's own nesting reads it."""
+    return str(tuple(int(v) for v in index))
 
 
 def _numeric_array(a):
