@@ -40,8 +40,8 @@ def load_cropped(source, opts, open_checked):
     if source.png is not None:
         pixels = _simple_png(source.png, opts.max_pixels)
         if pixels is not None and pixels.shape == tuple(size):
-            out = pixels if channels == 1 else np.repeat(pixels[:, :, None], 3, axis=2)
-            return _invert(np.ascontiguousarray(out), invert)
+            out = pixels.copy() if channels == 1 else np.repeat(pixels[:, :, None], 3, axis=2)
+            return _invert(out, invert)   # (a copy: the fast path's array is read-only)
         source.fp = io.BytesIO(source.png)
         source.im = open_checked(source.fp, source.fail, opts.max_pixels, opts.allowed,
                                  opts.open_formats)
