@@ -1,8 +1,9 @@
 """Named architectures and a short spec language for custom stacks.
 
 ``build_architecture(spec, num_classes, input_shape)`` takes a name (``lenet5``,
-``convnet``, ``convnet_bn``, ``convnet_deep``), a path to a JSON file holding a list of layer
-configs (``[{"type": "Conv2D", "filters": 32, "kernel": 3, "pad": 1}, ...]``),
+``convnet``, ``convnet_bn``, ``convnet_deep``; ``convnet_cifar`` for 32x32 RGB), a
+path to a JSON file holding a list of layer configs (``[{"type": "Conv2D",
+"filters": 32, "kernel": 3, "pad": 1}, ...]``),
 or a spec string of dash-separated tokens:
 
     conv32k3p1     Conv2D, 32 filters, 3x3 kernel, pad 1 (s2 = stride 2)
@@ -52,8 +53,23 @@ def convnet_deep(num_classes=10):
                                     Dense(num_classes, init="glorot")]
 
 
+def convnet_cifar(num_classes=10):
+    """For 32x32 RGB (CIFAR-class) images, built for any input size: a one-conv
+    stem, then two VGG stages of two 3x3 convolutions, all with batch norm, the
+    size halved after each (32-64-128 channels), then GlobalAvgPool2D and Dense.
+    No Flatten, so the Dense sees 128 features whatever the image size. The stem
+    has one conv because a second one at full resolution costs a third more time
+    per epoch (280k parameters; ~380 training images/s on 2 cores)."""
+    def conv(filters):
+        return [Conv2D(filters, 3, pad=1), BatchNorm2D(), ReLU()]
+    return (conv(32) + [MaxPool2D(2)]
+            + conv(64) + conv(64) + [MaxPool2D(2)]
+            + conv(128) + conv(128) + [MaxPool2D(2)]
+            + [GlobalAvgPool2D(), Dense(num_classes, init="glorot")])
+
+
 ARCHITECTURES = {"lenet5": lenet5, "convnet": convnet, "convnet_bn": convnet_bn,
-                 "convnet_deep": convnet_deep}
+                 "convnet_deep": convnet_deep, "convnet_cifar": convnet_cifar}
 
 _TOKENS = [
     (re.compile(r"conv(\d+)k(\d+)(?:s(\d+))?(?:p(\d+))?"),

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from cnn.architectures import ARCHITECTURES, build_architecture, parse_spec
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
-                        ReLU)
+from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                        GlobalAvgPool2D, MaxPool2D, ReLU)
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -40,7 +40,8 @@ def test_named_architectures(name, params, shapes):
 
 
 def test_named_architectures_follow_num_classes():
-    assert set(ARCHITECTURES) == {"lenet5", "convnet", "convnet_bn", "convnet_deep"}
+    assert set(ARCHITECTURES) == {"lenet5", "convnet", "convnet_bn", "convnet_deep",
+                                  "convnet_cifar"}
     for name in ARCHITECTURES:
         model = build_architecture(name, 3).build(seed=0)
         assert model.output_shape == (3,), name
@@ -207,3 +208,26 @@ def test_shape_errors_inside_the_stack_name_the_layer():
 def test_class_names_must_match_num_classes():
     with pytest.raises(ValueError, match="3 class names for 10 classes"):
         build_architecture("lenet5", 10, class_names=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("input_shape", [(3, 32, 32), (1, 28, 28), (3, 64, 48), (3, 8, 9)])
+@pytest.mark.parametrize("num_classes", [10, 3])
+def test_convnet_cifar_builds_for_any_input_shape(input_shape, num_classes):
+    model = build_architecture("convnet_cifar", num_classes, input_shape=input_shape)
+    model.build(seed=0)
+    assert model.output_shape == (num_classes,)
+    C, H, W = input_shape
+    kinds = [type(layer) for layer in model.layers]
+    assert kinds[-2:] == [GlobalAvgPool2D, Dense] and Flatten not in kinds
+    assert kinds.count(Conv2D) == kinds.count(BatchNorm2D) == 5 and kinds.count(MaxPool2D) == 3
+    assert model.layers[-2].input_shape == (128, H // 8, W // 8)
+    # only the first conv's weights depend on the input: none on its size
+    assert model.num_params() == 279_882 - 3 * 32 * 9 + C * 32 * 9 + 129 * (num_classes - 10)
+    x = np.random.default_rng(0).standard_normal((2, C, H, W)).astype(np.float32)
+    assert model.forward(x, training=True).shape == (2, num_classes)
+    assert model.backward(np.ones((2, num_classes), np.float32)).shape == x.shape
+
+
+def test_convnet_cifar_needs_eight_pixels():
+    with pytest.raises(ValueError, match="MaxPool2D kernel"):
+        build_architecture("convnet_cifar", 10, input_shape=(3, 7, 32)).build(seed=0)
