@@ -39,6 +39,7 @@ import hashlib
 import os
 import threading
 
+from cnn.images import upload_policy
 from cnn.io import ModelFileError, load_model
 from service.errors import ApiError
 from service.offload import run_blocking
@@ -139,6 +140,7 @@ class ServedModel:
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "input_shape": list(self.input_shape),
+            "input": upload_policy(self.model).describe(),
             "num_classes": self.num_classes,
             "classes": self.class_names,
             "architecture": {"name": self.summary.get("arch") or arch.get("name"),

@@ -23,7 +23,8 @@ import cnn
 
 bp = Blueprint("openapi", __name__)
 
-# The served models read 28x28 grayscale images (Fashion-MNIST); the examples use it.
+# The examples use the default models' 28x28 grayscale input (Fashion-MNIST); each
+# model's own input is in its description (/models: input_shape, input).
 _H = _W = 28
 
 
@@ -109,7 +110,7 @@ SCHEMAS = {
     "Model": {
         "type": "object",
         "required": ["name", "file", "default", "version", "format_version", "saved_at",
-                     "sha256", "size_bytes", "input_shape", "num_classes", "classes",
+                     "sha256", "size_bytes", "input_shape", "input", "num_classes", "classes",
                      "architecture", "parameters", "test_accuracy", "trained_at",
                      "normalization", "backend", "threads", "summary"],
         "additionalProperties": False,
@@ -122,6 +123,18 @@ SCHEMAS = {
             "size_bytes": {"type": "integer", "minimum": 0},
             "input_shape": {"type": "array", "items": _INT, "minItems": 3, "maxItems": 3,
                             "description": "[channels, height, width]"},
+            "input": {
+                "type": "object", "additionalProperties": False,
+                "required": ["channels", "height", "width", "color", "fit", "invert"],
+                "description": "how /predict turns an image file into this model's input: "
+                               "fit 'crop' (resize the short side, centre-crop: the decode "
+                               "its training images had) or 'pad' (Fashion-MNIST style: fit "
+                               "inside, pad); invert is the default of the invert option",
+                "properties": {"channels": {"type": "integer", "enum": [1, 3]},
+                               "height": _INT, "width": _INT,
+                               "color": {"type": "string", "enum": ["grayscale", "RGB"]},
+                               "fit": {"type": "string", "enum": ["pad", "crop"]},
+                               "invert": {"type": "string", "enum": ["auto", "never"]}}},
             "num_classes": {"type": "integer", "minimum": 1},
             "classes": _STRINGS,
             "architecture": {"type": "object", "required": ["name", "layers"],
@@ -138,9 +151,12 @@ SCHEMAS = {
         },
     },
     "Pixels": {
-        "description": f"Pixels, one image ({_H} x {_W} or 1 x {_H} x {_W}) or a batch "
-                       f"(N x {_H} x {_W} or N x 1 x {_H} x {_W}): 0-255, or 0-1 when no "
-                       f"value exceeds 1; light object on black, never inverted or resized.",
+        "description": f"Pixels of the model's input size H x W (here {_H} x {_W}), for a "
+                       f"grayscale model one image (H x W or 1 x H x W) or a batch "
+                       f"(N x H x W or N x 1 x H x W); for a colour (RGB) model "
+                       f"N x 3 x H x W or N x H x W x 3 (or one image 3 x H x W or "
+                       f"H x W x 3). 0-255, or 0-1 when no value exceeds 1; already "
+                       f"model input: never inverted or resized.",
         "type": "array",
         "items": {"anyOf": [
             {"type": "array", "items": {"type": "number"}},                     # rows
@@ -219,7 +235,9 @@ SCHEMAS = {
         "properties": {
             "name": _STR,
             "shape": {"type": "array", "items": _INT, "minItems": 3, "maxItems": 4,
-                      "description": f"[N, 1, {_H}, {_W}] or [N, {_H}, {_W}]"},
+                      "description": f"[N, C, H, W] of the model's input (e.g. "
+                                     f"[N, 1, {_H}, {_W}] or [N, {_H}, {_W}] for the "
+                                     f"default grayscale models)"},
             "datatype": {"type": "string", "enum": ["FP32", "UINT8"],
                          "description": "FP32: 0-1; UINT8: integers 0-255"},
             "data": {"type": "array", "description": "the values, flat (row-major) or "
@@ -310,7 +328,9 @@ _PREDICT = {
              "schema": {"type": "string", "enum": ["auto", "true", "false", "yes", "no",
                                                    "1", "0"]},
              "description": "invert image files to light-on-dark: auto (by the "
-                            "background), or always/never; case-insensitive"},
+                            "background), or always/never; case-insensitive. Default: the "
+                            "model's own (its input.invert: auto for models trained on light "
+                            "objects on black, else never)"},
         ],
         "requestBody": {"required": True, "content": {
             "multipart/form-data": {

@@ -144,3 +144,15 @@ def test_a_photo_model_is_not_inverted_unless_asked(trained, make_app):
     np.testing.assert_allclose(probabilities(), model.predict_proba(white[None])[0], rtol=1e-5)
     np.testing.assert_allclose(probabilities("&invert=true"),
                                model.predict_proba(255 - white[None])[0], rtol=1e-5)
+
+
+def test_models_say_how_image_files_become_input(trained, make_app, models_dir):
+    root, weights, _ = trained
+    (models_dir / "mine.npz").write_bytes(weights.read_bytes())
+    described = {m["name"]: m for m in make_app(models_dir).test_client()
+                 .get("/models").get_json()["models"]}
+    assert described["mine"]["input_shape"] == [3, 16, 16]
+    assert described["mine"]["input"] == {"channels": 3, "height": 16, "width": 16,
+                                          "color": "RGB", "fit": "crop", "invert": "never"}
+    assert described["tiny"]["input"] == {"channels": 1, "height": 28, "width": 28,
+                                          "color": "grayscale", "fit": "pad", "invert": "auto"}
