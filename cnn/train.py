@@ -41,8 +41,8 @@ import time
 import numpy as np
 
 from cnn import __version__
-from cnn._cli import (fail as _fail, fraction, non_negative_float, positive_float, positive_int,
-                      steps_or_seconds)
+from cnn._cli import (fail as _fail, fraction, non_negative_float, non_negative_int,
+                      positive_float, positive_int, steps_or_seconds)
 from cnn.architectures import ARCHITECTURES, build_architecture
 from cnn.backends import BackendUnavailable, get_backend
 from cnn.data import DataError, Normalizer, train_val_split
@@ -74,8 +74,12 @@ def build_parser():
                    help="learning-rate schedule over the epochs (default: cosine)")
     p.add_argument("--augment", nargs="?", const="both", default=None,
                    choices=["flip", "shift", "both"],
-                   help="random horizontal flips, shifts of up to 2 pixels, or both "
+                   help="random horizontal flips, shifts of up to --shift pixels, or both "
                         "(the flag alone)")
+    p.add_argument("--shift", type=non_negative_int, default=2, metavar="N",
+                   help="largest shift of --augment shift/both, in pixels: a random crop of "
+                        "the image padded by N on every side, filled with the background "
+                        "(default: 2; CIFAR-style recipes use 4 for 32x32 images)")
     p.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the training set held out for validation (0.1)")
     p.add_argument("--limit", type=positive_int, default=None,
@@ -190,7 +194,7 @@ IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits
 # What a checkpoint restores: the run as it was started. --epochs may change
 # (the length is the user's choice); the rest would silently make another run.
 RUN_SETTINGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum",
-                "weight_decay", "schedule", "augment", "val_fraction", "limit", "seed",
+                "weight_decay", "schedule", "augment", "shift", "val_fraction", "limit", "seed",
                 "image_size", "channels", "test_fraction")
 # Restored unless given: where the data is (checked by content) and how to compute.
 PLACE_SETTINGS = ("data_dir", "threads", "backend", "cache_dir", "strict")
@@ -429,6 +433,9 @@ def run(argv=None):
         return fail(f"--data-dir: the training images in {data.source} are not the ones the "
                     f"resumed run was trained on")
     input_shape = input_shape_of(data)
+    if args.augment in ("shift", "both") and args.shift >= min(input_shape[1:]):
+        return fail(f"--shift {args.shift}: must be smaller than the images "
+                    f"({input_shape[1]}x{input_shape[2]})")
     val_folder = getattr(data, "val_images", None) is not None and len(data.val_images) > 0
     if val_folder:      # the folder's own val/ split replaces --val-fraction
         tr_x, tr_y, va_x, va_y = images, labels, data.val_images, data.val_labels
@@ -550,7 +557,7 @@ def run(argv=None):
 
     from cnn.backends import get_backend as _ops
     loss_fn = _ops(args.backend).softmax_cross_entropy
-    augment = ({"shift": 0 if args.augment == "flip" else 2,
+    augment = ({"shift": 0 if args.augment == "flip" else args.shift,
                 "flip": args.augment != "shift", "fill": normalizer.background}
                if args.augment else None)
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
@@ -572,7 +579,9 @@ def run(argv=None):
             "train_accuracy": history[-1]["acc"] if history else None,
             "dataset": data.name, "train_images": len(x_train),
             "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size,
-            "augment": args.augment, "seed": args.seed, "backend": model.backend,
+            "augment": args.augment,
+            "shift": args.shift if args.augment in ("shift", "both") else None,
+            "seed": args.seed, "backend": model.backend,
             "threads": threads, "seconds": round(time.time() - started, 1),
             "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),

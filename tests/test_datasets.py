@@ -403,3 +403,19 @@ def test_train_validates_on_the_folders_own_val_split(tmp_path, capsys):
     assert meta["input_shape"] == [1, 16, 16]
     assert meta["summary"]["data"]["val_fraction"] is None
     assert meta["summary"]["data"]["split"]["kind"] == "folders"
+
+
+def test_augment_shift_is_a_padded_random_crop_of_the_chosen_size(tmp_path):
+    from cnn.io import read_model_file
+    make_flat(tmp_path / "d", n=12)
+    proc = run_train(tmp_path, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c",
+                     "--out", tmp_path / "m.npz", "--augment", "--shift", "4")
+    assert proc.returncode == 0, proc.stderr
+    summary = read_model_file(tmp_path / "m.npz")[0]["summary"]
+    assert summary["augment"] == "both" and summary["shift"] == 4
+    proc = run_train(tmp_path, "--data-dir", tmp_path / "d", "--cache-dir", tmp_path / "c",
+                     "--out", tmp_path / "n.npz", "--augment", "shift", "--shift", "16")
+    assert proc.returncode == 2 and "--shift 16: must be smaller than the images (16x16)" \
+        in proc.stderr
+    proc = run_train(tmp_path, "--shift", "-1")
+    assert proc.returncode == 2 and "--shift: expected an integer >= 0" in proc.stderr
