@@ -422,8 +422,11 @@ def v2_tensor(tensor, served, max_images):
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise ApiError(400, f"input 'shape' must be a list of integers, got {shape!r}")
-    allowed = f"[N, {c}, {h}, {w}]" + (f" or [N, {h}, {w}]" if c == 1 else "")
-    if not ((len(shape) == 4 and shape[1:] == [c, h, w])
+    allowed = f"[N, {c}, {h}, {w}]" + (f" or [N, {h}, {w}]" if c == 1 else
+                                        f" (or channels-last [N, {h}, {w}, {c}])")
+    channels_last = c > 1 and len(shape) == 4 and shape[1:] == [h, w, c] \
+        and shape[1:] != [c, h, w]
+    if not ((len(shape) == 4 and shape[1:] == [c, h, w]) or channels_last
             or (len(shape) == 3 and c == 1 and shape[1:] == [h, w])):
         raise ApiError(400, f"input shape must be {allowed}, got {shape}")
     if shape[0] < 0:
@@ -440,13 +443,20 @@ def v2_tensor(tensor, served, max_images):
             i = int(np.argmax(bad))
             raise ApiError(400, f"FP32 data must be finite numbers in [0, 1] (use UINT8 for "
                                 f"0-255), found {values[i]:g} at flat index {i}")
-        return values.astype(np.float32).reshape(shape[0], c, h, w)
+        x = values.astype(np.float32)
+        return _nchw(x, shape, c, h, w, channels_last)
     bad = ~np.isfinite(values) | (values < 0) | (values > 255) | (values != np.round(values))
     if bad.any():
         i = int(np.argmax(bad))
         raise ApiError(400, f"UINT8 data must be integers in [0, 255], found {values[i]:g} "
                             f"at flat index {i}")
-    return values.astype(np.uint8).reshape(shape[0], c, h, w)
+    return _nchw(values.astype(np.uint8), shape, c, h, w, channels_last)
+
+
+def _nchw(flat, shape, c, h, w, channels_last):
+    if channels_last:
+        return np.ascontiguousarray(flat.reshape(shape[0], h, w, c).transpose(0, 3, 1, 2))
+    return flat.reshape(shape[0], c, h, w)
 
 
 def _flat_values(data):

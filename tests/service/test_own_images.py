@@ -156,3 +156,24 @@ def test_models_say_how_image_files_become_input(trained, make_app, models_dir):
                                           "color": "RGB", "fit": "crop", "invert": "never"}
     assert described["tiny"]["input"] == {"channels": 1, "height": 28, "width": 28,
                                           "color": "grayscale", "fit": "pad", "invert": "auto"}
+
+
+def test_v2_infer_takes_a_colour_model_in_either_layout(trained, make_app):
+    root, weights, cache = trained
+    data = load_data(root / "d", image_size=SIZE, cache_dir=cache)
+    model = load_model(weights)
+    x = np.ascontiguousarray(data.test_images[:5])
+    expected = model.predict_proba(x)
+    client = make_app(weights.parent).test_client()
+    for arr in (x, x.transpose(0, 2, 3, 1)):
+        r = client.post("/v2/models/mine/infer", json={"inputs": [
+            {"name": "input", "shape": list(arr.shape), "datatype": "UINT8",
+             "data": arr.ravel().tolist()}]})
+        assert r.status_code == 200, r.get_json()
+        out = {o["name"]: o for o in r.get_json()["outputs"]}
+        np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (5, 2)), expected,
+                                   rtol=1e-5, atol=1e-6)
+    r = client.post("/v2/models/mine/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 16, 3, 16], "datatype": "UINT8", "data": [0] * 768}]})
+    assert r.status_code == 400
+    assert "[N, 3, 16, 16] (or channels-last [N, 16, 16, 3])" in r.get_json()["error"]
