@@ -4,8 +4,8 @@ Every model is one tensor in, two tensors out:
 
 * input ``input``: ``FP32`` pixels in [0, 1] or ``UINT8`` pixels 0-255, shape
   ``[N, C, H, W]``, the model's input shape (``[N, 1, 28, 28]``, or
-  ``[N, 3, 32, 32]`` for a colour model; a grayscale model also takes
-  ``[N, H, W]``), ``data`` flat (row-major) or nested; the input's name is not
+  ``[N, 3, 32, 32]`` for a colour model, which also takes channels-last
+  ``[N, H, W, 3]``; a grayscale model also takes ``[N, H, W]``), ``data`` flat (row-major) or nested; the input's name is not
   checked (the model has one input). The model metadata declares it as
   ``FP32 [-1, C, H, W]``.
 * outputs ``probabilities`` (``FP32``, ``[N, K]``) and ``labels`` (``INT64``,
