@@ -134,6 +134,8 @@ def test_bad_files_are_skipped_and_named_or_an_error_when_strict(tmp_path, load)
     assert "3 of 18 files" in lines[0]
     for name in ("notes.txt", "broken.jpg", "truncated.png"):
         assert name in lines[0]
+    assert "emu/truncated.png (corrupt or truncated image" in lines[0]
+    assert str(tmp_path) not in lines[0]          # relative paths, each named once
     with pytest.raises(DataError, match=r"notes\.txt.*strict"):
         load(tmp_path / "d", test_fraction=0.2, strict=True)
 

@@ -139,8 +139,8 @@ def _probe_chunk(paths):
     for path in paths:
         try:
             out.append(probe_image(path))
-        except DECODE_ERRORS as exc:
-            out.append(f"{type(exc).__name__}: {exc}")
+        except DECODE_ERRORS as exc:     # (Pillow names the path: the message names it once)
+            out.append(f"{type(exc).__name__}: {str(exc).replace(repr(path), 'file')}")
     return out
 
 
@@ -152,6 +152,8 @@ def _decode_chunk(raw_path, jobs, size, channels):
     for j, path in jobs:
         try:
             raw[j] = decode_image(path, size, channels)
+        except images.ImageError as exc:      # (its message without the path again)
+            failed.append((j, exc.reason))
         except DECODE_ERRORS as exc:
             failed.append((j, f"{type(exc).__name__}: {exc}"))
     raw.flush()
