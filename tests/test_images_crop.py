@@ -195,25 +195,3 @@ def test_model_prepare_takes_colour_images_channels_last():
     with pytest.raises(ValueError, match=r"\(N, 3, 5, 6\) or \(N, 5, 6, 3\)"):
         model.prepare(x[:, :, :, :5])
 
-
-def test_a_weights_file_from_before_image_folders_still_loads_and_serves(tmp_path):
-    import os
-    import shutil
-    from cnn.io import load_model
-    from service import create_app
-    data = os.path.join(os.path.dirname(__file__), "data")
-    old = os.path.join(data, "fmnist_weights_4ad5d28.npz")
-    expected = np.load(os.path.join(data, "fmnist_weights_4ad5d28_proba.npy"))
-    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
-    model = load_model(old, backend="python")
-    np.testing.assert_allclose(model.predict_proba(x), expected, rtol=1e-5, atol=1e-6)
-    assert upload_policy(model) == UploadPolicy((28, 28), 1, "pad", "auto")
-    (tmp_path / "models").mkdir()
-    shutil.copy(old, tmp_path / "models" / "old.npz")
-    client = create_app({"TESTING": True, "CNN_MODEL_DIR": str(tmp_path / "models"),
-                         "CNN_THREADS": 1}).test_client()
-    described = client.get("/models/old").get_json()
-    assert described["input_shape"] == [1, 28, 28] and described["input"]["fit"] == "pad"
-    r = client.post("/predict?top_k=1", data=encode(x[2], "PNG"), content_type="image/png")
-    assert r.status_code == 200 and r.get_json()["predictions"][0]["label"] == \
-        int(model.predict(decode_image(encode(x[2], "PNG"))[None])[0])

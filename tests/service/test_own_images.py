@@ -13,7 +13,8 @@ from PIL import Image
 
 from cnn.datasets import load_data
 from cnn.io import load_model
-from tests.test_images_crop import varied_files
+from cnn.images import UploadPolicy, decode_image, upload_policy
+from tests.test_images_crop import encode, varied_files
 from tests.test_train import env
 
 SIZE = (16, 16)
@@ -177,3 +178,24 @@ def test_v2_infer_takes_a_colour_model_in_either_layout(trained, make_app):
         {"name": "input", "shape": [1, 16, 3, 16], "datatype": "UINT8", "data": [0] * 768}]})
     assert r.status_code == 400
     assert "[N, 3, 16, 16] (or channels-last [N, 16, 16, 3])" in r.get_json()["error"]
+
+
+def test_a_weights_file_from_before_image_folders_still_loads_and_serves(tmp_path, make_app):
+    import os
+    import shutil
+    from cnn.io import load_model
+    data = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+    old = os.path.join(data, "fmnist_weights_4ad5d28.npz")
+    expected = np.load(os.path.join(data, "fmnist_weights_4ad5d28_proba.npy"))
+    x = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    model = load_model(old, backend="python")
+    np.testing.assert_allclose(model.predict_proba(x), expected, rtol=1e-5, atol=1e-6)
+    assert upload_policy(model) == UploadPolicy((28, 28), 1, "pad", "auto")
+    (tmp_path / "models").mkdir()
+    shutil.copy(old, tmp_path / "models" / "old.npz")
+    client = make_app(tmp_path / "models").test_client()
+    described = client.get("/models/old").get_json()
+    assert described["input_shape"] == [1, 28, 28] and described["input"]["fit"] == "pad"
+    r = client.post("/predict?top_k=1", data=encode(x[2], "PNG"), content_type="image/png")
+    assert r.status_code == 200 and r.get_json()["predictions"][0]["label"] == \
+        int(model.predict(decode_image(encode(x[2], "PNG"))[None])[0])
