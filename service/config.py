@@ -34,6 +34,13 @@ key in ``app.config`` (and in ``test_config``):
                            cores // ``CNN_WORKERS``, at least 1
 ``CNN_BACKEND``            kernel backend: ``cython``, ``python`` or ``naive``
                            (default: ``cython`` when built)
+``CNN_RELOAD_INTERVAL``    seconds between two looks of a worker at the models folder
+                           (2; decimals allowed): added, replaced and removed weights
+                           files are served without a restart; 0 turns it off (the
+                           folder is read once, at start; service.models)
+``CNN_STATE_DIR``          folder of the model repository's state file (which models
+                           were unloaded through ``/v2/repository``), shared by every
+                           worker; default: the models folder (service.repository)
 =========================  ==========================================================
 
 Environment values are strings and are checked here: a bad value (``CNN_MAX_IMAGES=lots``)
@@ -63,12 +70,15 @@ DEFAULTS = {
     "CNN_WORKERS": 1,
     "CNN_THREADS": None,
     "CNN_BACKEND": None,
+    "CNN_RELOAD_INTERVAL": 2.0,
+    "CNN_STATE_DIR": None,
 }
 
 _INT_KEYS = ("CNN_MAX_CONTENT_LENGTH", "CNN_MAX_IMAGES", "CNN_BODY_TIMEOUT", "CNN_MAX_PIXELS",
              "CNN_MAX_MODEL_BYTES", "CNN_MAX_REQUEST_PIXELS", "CNN_WORKER_BODY_BYTES",
              "CNN_WORKERS", "CNN_THREADS")
-_STR_KEYS = ("CNN_MODEL_DIR", "CNN_DEFAULT_MODEL", "CNN_BACKEND", "CNN_API_TOKEN")
+_STR_KEYS = ("CNN_MODEL_DIR", "CNN_DEFAULT_MODEL", "CNN_BACKEND", "CNN_API_TOKEN",
+             "CNN_STATE_DIR")
 
 
 def _positive_int(value, key):
@@ -82,6 +92,19 @@ def _positive_int(value, key):
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
     return value
+
+
+def _seconds(value, key, most=3600):
+    """A non-negative number of seconds (0 allowed: "off"), at most ``most``."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        seconds = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a number of seconds, got {value!r}") from None
+    if not 0 <= seconds <= most:   # also refuses NaN
+        raise ValueError(f"{key} must be from 0 (off) to {most} seconds, got {value!r}")
+    return seconds
 
 
 def default_threads(workers, cores=None):
@@ -115,6 +138,9 @@ def load_config(test_config=None, environ=None):
         if value is not None and not isinstance(value, (str, os.PathLike)):
             raise ValueError(f"{key} must be a string, got {value!r}")
     config["CNN_MODEL_DIR"] = os.fspath(config["CNN_MODEL_DIR"])
+    config["CNN_RELOAD_INTERVAL"] = _seconds(config["CNN_RELOAD_INTERVAL"], "CNN_RELOAD_INTERVAL")
+    if config["CNN_STATE_DIR"] is not None:
+        config["CNN_STATE_DIR"] = os.fspath(config["CNN_STATE_DIR"])
     if config["CNN_DEFAULT_MODEL"] is not None:
         name = os.fspath(config["CNN_DEFAULT_MODEL"])
         config["CNN_DEFAULT_MODEL"] = name[:-4] if name.lower().endswith(".npz") else name
