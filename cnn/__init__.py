@@ -1,6 +1,7 @@
 """cnn: convolutional networks on the CPU with Cython kernels.
 
-``cnn.load_model(path)`` loads a weights file written by ``python -m cnn.train``;
+``cnn.load_model(path)`` loads a weights file written by ``python -m cnn.train``,
+``cnn.export_onnx(model, path)`` writes it as ONNX;
 ``cnn.backends.get_backend()`` gives the kernels; ``set_num_threads`` sets how
 many threads they use by default.
 """
@@ -20,5 +21,16 @@ from cnn._threads import get_num_threads, set_num_threads
 from cnn.backends import get_backend
 from cnn.io import load_model
 
+
+def __getattr__(name):
+    # cnn.export_onnx is imported on first use: importing cnn.export here would
+    # make ``python -m cnn.export`` find its module already loaded (runpy warns).
+    if name == "export_onnx":
+        from cnn.export import export_onnx
+        return export_onnx
+    raise AttributeError(f"module 'cnn' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
-__all__ = ["get_backend", "get_num_threads", "load_model", "set_num_threads", "__version__"]
+__all__ = ["export_onnx", "get_backend", "get_num_threads", "load_model", "set_num_threads",
+           "__version__"]
