@@ -14,8 +14,11 @@ or a spec string of dash-separated tokens:
     dense128       Dense with 128 units
 
 e.g. ``conv32k3p1-relu-maxpool2-flatten-dense10``. The last Dense must have one
-unit per class.
+unit per class. A string that is neither a name nor a readable spec is refused
+with the list of names, and the closest name when it looks like a misspelling
+(``convent``: did you mean convnet?).
 """
+import difflib
 import json
 import os
 import re
@@ -132,9 +135,30 @@ def build_architecture(spec, num_classes=10, input_shape=(1, 28, 28), class_name
             raise ValueError(f"architecture file {spec!r} must hold a list of layer configs")
         layers, name = [layer_from_config(c) for c in configs], os.path.basename(spec)
     else:
-        layers, name = parse_spec(spec), spec
+        try:
+            layers = parse_spec(spec)
+        except ValueError as exc:
+            raise ValueError(_unreadable_spec_message(spec, exc)) from None
+        name = spec
     _check_num_classes(spec, layers, num_classes, input_shape)
     return Sequential(layers, input_shape=input_shape, class_names=class_names, name=name)
+
+
+def _unreadable_spec_message(spec, exc):
+    """The spec parser's message, led by the closest name when ``spec`` looks like a
+    misspelled one (``convent``, ``lenet``, ``convnet-bn``), and the list of names
+    when it is a single word. The cutoff is above difflib's 0.6 so that ``resnet50``
+    (0.71 to lenet5) gets the list rather than a wrong guess."""
+    names = ", ".join(ARCHITECTURES)
+    word = spec.strip().lower()
+    guess = difflib.get_close_matches(word, ARCHITECTURES, n=1, cutoff=0.75)
+    if guess:
+        return (f"unknown architecture {spec!r}: did you mean {guess[0]}? (named "
+                f"architectures: {names}; or a JSON file, or a spec such as "
+                f"conv32k3p1-relu-maxpool2-flatten-dense10)")
+    if "-" not in word:       # one word: more likely a name than a one-layer stack
+        return f"{exc}; the named architectures are {names}"
+    return str(exc)
 
 
 def _check_num_classes(spec, layers, num_classes, input_shape):

@@ -231,3 +231,31 @@ def test_convnet_cifar_builds_for_any_input_shape(input_shape, num_classes):
 def test_convnet_cifar_needs_eight_pixels():
     with pytest.raises(ValueError, match="MaxPool2D kernel"):
         build_architecture("convnet_cifar", 10, input_shape=(3, 7, 32)).build(seed=0)
+
+
+@pytest.mark.parametrize("spec, guess", [
+    ("convent", "convnet"), ("lenet", "lenet5"), ("ConvNet", "convnet"),
+    ("convnet-bn", "convnet_bn"), ("convnet_cifr", "convnet_cifar"), (" convnet_dep ", "convnet_deep"),
+])
+def test_misspelled_name_suggests_the_closest_and_lists_them_all(spec, guess):
+    with pytest.raises(ValueError) as info:
+        build_architecture(spec)
+    message = str(info.value)
+    assert f"did you mean {guess}?" in message, message
+    for name in ARCHITECTURES:
+        assert name in message, (name, message)
+
+
+@pytest.mark.parametrize("spec", ["resnet50", "vgg", "conv"])
+def test_unknown_single_word_lists_the_names_without_a_wrong_guess(spec):
+    with pytest.raises(ValueError) as info:
+        build_architecture(spec)
+    message = str(info.value)
+    assert "did you mean" not in message, message
+    assert repr(spec) in message and all(name in message for name in ARCHITECTURES), message
+
+
+def test_misspelled_spec_token_keeps_the_token_message():
+    with pytest.raises(ValueError) as info:
+        build_architecture("conv8k3-relu-flaten-dense10")
+    assert "'flaten'" in str(info.value) and "did you mean" not in str(info.value)
