@@ -18,9 +18,16 @@ parameter shapes its architecture declares match the stored headers. A file
 within the cap costs at most about 4 x its arrays while loading (the arrays,
 the built parameters and their float64 random initialisation).
 
+A file that is not a weights file is named for what it is when that is
+plain from its first bytes or its zip members (a PNG or other image, JSON or
+text, gzip, HDF5, a pickle, a PyTorch zip, a plain ``np.savez`` archive), with
+what was expected. A checkpoint (``.ckpt``) is a weights file with more
+members and loads like the ``.npz`` beside it.
+
 Files are written atomically: to a temporary file in the same folder, synced,
 then renamed over the target, so a crash mid-write leaves the old file whole.
 """
+import codecs
 import collections
 import contextlib
 import datetime
@@ -65,6 +72,56 @@ class ModelFileError(ValueError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+EXPECTED = "a cnn weights file (.npz written by python -m cnn.train)"
+
+# Leading bytes of files people mistake for weights files -> what to call them.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?)"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+)
+
+
+def _kind_of(head):
+    """What a file that is not a zip archive is, from its first bytes, or None."""
+    if not head:
+        return "is empty (0 bytes)"
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return f"is {kind}"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "is a WEBP image"
+    if head[:2] == b"BM" and b"\x00" in head[2:14]:
+        return "is a BMP image"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "is a Python pickle (torch.save, joblib, pickle.dump)"
+    try:   # text: valid UTF-8 (a character cut at the end of the head is fine), no NULs
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+    if "\x00" in text:
+        return None
+    return "is a JSON file" if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "[") \
+        else "is a text file"
+
+
+def _kind_of_zip(names):
+    """What a zip archive without ``__meta__`` is, from its member names."""
+    if any(n.endswith("data.pkl") for n in names):
+        return "is a PyTorch file (torch.save)"
+    arrays = [n[:-len(".npy")] for n in names if n.endswith(".npy")]
+    if arrays and len(arrays) == len(names):
+        listed = ", ".join(map(repr, arrays[:5])) + (", ..." if len(arrays) > 5 else "")
+        return f"is a NumPy archive of arrays {listed} (np.savez) with no __meta__ member"
+    listed = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
+    return f"is a zip archive ({listed or 'empty'}) with no __meta__ member"
 
 
 def _umask():
@@ -206,9 +263,14 @@ class _Archive:
         if size > self.max_bytes:
             raise ModelFileError(path, f"is {_size(size)}, more than the "
                                        f"{_size(self.max_bytes)} limit for a weights file")
-        if f.read(6) == b"\x93NUMPY":
-            raise ModelFileError(path, "is a single NumPy array (.npy), not a cnn weights "
-                                       "file")
+        head = f.read(64)
+        if head.startswith(b"\x93NUMPY"):
+            raise ModelFileError(path, f"is a single NumPy array (.npy), not {EXPECTED}")
+        # Anything but a zip (np.savez writes one) is named for what it is; a damaged
+        # zip goes on to zipfile's own complaint.
+        kind = None if head.startswith(b"PK") else _kind_of(head)
+        if kind:
+            raise ModelFileError(path, f"{kind}, not {EXPECTED}")
         # zipfile turns every entry of the central directory into a Python
         # object (~10x its size): check the directory's declared size first.
         end = zipfile._EndRecData(f)   # noqa: SLF001 - zipfile's own end-record reader
@@ -223,8 +285,7 @@ class _Archive:
         infos = self.zip.infolist()
         names = [info.filename for info in infos]
         if "__meta__.npy" not in names:
-            raise ModelFileError(path, "is a NumPy archive but not a cnn weights file (no "
-                                       "__meta__ member)")
+            raise ModelFileError(path, f"{_kind_of_zip(names)}, not {EXPECTED}")
         # Members the format does not define are refused, unread: a file holding
         # them was not written by cnn (another program's archive, a tampered
         # file), and saying so beats serving it.
@@ -285,7 +346,8 @@ class _Archive:
             raise ModelFileError(path, f"its metadata is not valid JSON ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             name = meta.get("format") if isinstance(meta, dict) else None
-            raise ModelFileError(path, f"is not a cnn weights file (format {name!r})")
+            raise ModelFileError(path, f"is not a cnn weights file (format {name!r}; "
+                                       f"expected {EXPECTED})")
         version = meta.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ModelFileError(path, f"has an invalid format version {version!r}")

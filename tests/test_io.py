@@ -583,3 +583,68 @@ def test_per_channel_normalization_of_colour_models(tmp_path, norm, ok):
     mean = np.asarray(norm["mean"], np.float32).reshape(3, 1, 1)
     std = np.asarray(norm["std"], np.float32).reshape(3, 1, 1)
     assert np.allclose(loaded.prepare(x), (x / np.float32(255) - mean) / std, atol=1e-6)
+
+
+# ------------------------------------------------------ files mistaken for weights files
+
+
+def _image(fmt):
+    def write(path):
+        from PIL import Image
+        Image.new("RGB", (28, 28), (200, 10, 10)).save(path, format=fmt)
+    return write
+
+
+def _zip(*members):
+    def write(path):
+        with zipfile.ZipFile(path, "w") as z:
+            for name in members:
+                z.writestr(name, b"x")
+    return write
+
+
+@pytest.mark.parametrize("name, write, kind", [
+    ("ankle_boot.png", _image("PNG"), "is a PNG image"),
+    ("photo.jpg", _image("JPEG"), "is a JPEG image"),
+    ("anim.gif", _image("GIF"), "is a GIF image"),
+    ("scan.bmp", _image("BMP"), "is a BMP image"),
+    ("pic.webp", _image("WEBP"), "is a WEBP image"),
+    ("scan.tiff", _image("TIFF"), "is a TIFF image"),
+    ("convnet.history.json", lambda p: p.write_text('\n  {"history": [], "é": 1}'),
+     "is a JSON file"),
+    ("list.npz", lambda p: p.write_text("[1, 2]"), "is a JSON file"),
+    ("notes.txt", lambda p: p.write_text("epoch 1: loss 0.5 — café\n" * 20), "is a text file"),
+    ("empty.npz", lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+    ("model.pkl", lambda p: p.write_bytes(__import__("pickle").dumps({"w": [1.0]}, 4)),
+     "is a Python pickle"),
+    ("model.h5", lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100)), "is an HDF5 file"),
+    ("images.gz", lambda p: p.write_bytes(__import__("gzip").compress(b"abc")),
+     "is a gzip-compressed file"),
+    ("arrays.npz", lambda p: np.savez(p, x_train=np.zeros(3), y_train=np.ones(2)),
+     "is a NumPy archive of arrays 'x_train', 'y_train' (np.savez) with no __meta__ member"),
+    ("model.pt", _zip("archive/data.pkl", "archive/version"), "is a PyTorch file"),
+    ("bundle.zip", _zip("a.txt", "b.txt"), "is a zip archive ('a.txt', 'b.txt')"),
+])
+def test_a_file_that_is_not_a_weights_file_is_named_for_what_it_is(tmp_path, name, write,
+                                                                     kind):
+    path = tmp_path / name
+    write(path)
+    message = assert_model_file_error(path, name, kind,
+                                      "not a cnn weights file (.npz written by python -m "
+                                      "cnn.train)")
+    for numpy_words in ("pickled (object) data", "allow_pickle", "Errno", "zip file"):
+        assert numpy_words not in message, message
+
+
+def test_a_training_checkpoint_loads_like_the_weights_beside_it(tmp_path, pixels):
+    """cnn.train writes the .ckpt with save_model(..., checkpoint=..., optimizer_arrays=...):
+    a weights file with more members, accepted as it always was."""
+    model = trained_like("convnet_bn")
+    slots = {f"{slot}/{k}": np.full_like(v, 0.5) for slot in ("m", "v")
+             for k, v in model.state().items() if not k.endswith(("running_mean", "running_var"))}
+    save_model(tmp_path / "convnet.ckpt", model, summary={"epochs": 5},
+               checkpoint={"epoch": 3, "step": 120, "history": [{"loss": 0.5}]},
+               optimizer_arrays=slots)
+    save_model(tmp_path / "convnet.npz", model, summary={"epochs": 5})
+    ckpt, npz = load_model(tmp_path / "convnet.ckpt"), load_model(tmp_path / "convnet.npz")
+    np.testing.assert_array_equal(ckpt.predict_proba(pixels), npz.predict_proba(pixels))
