@@ -34,6 +34,14 @@ key in ``app.config`` (and in ``test_config``):
                            cores // ``CNN_WORKERS``, at least 1
 ``CNN_BACKEND``            kernel backend: ``cython``, ``python`` or ``naive``
                            (default: ``cython`` when built)
+``CNN_BATCHING``           merge concurrent predictions of a model into one forward
+                           pass (service.batching): ``1`` (default) or ``0``
+``CNN_BATCH_MAX_SIZE``     most images in a merged forward pass (default 64, or
+                           ``CNN_MAX_IMAGES`` when smaller; at most ``CNN_MAX_IMAGES``);
+                           a larger request runs alone
+``CNN_BATCH_DELAY_US``     microseconds the oldest queued request may wait for more
+                           to join its pass (0; at most 1,000,000); a request that
+                           finds the worker idle never waits
 ``CNN_RELOAD_INTERVAL``    seconds between two looks of a worker at the models folder
                            (2; decimals allowed): added, replaced and removed weights
                            files are served without a restart; 0 turns it off (the
@@ -70,6 +78,9 @@ DEFAULTS = {
     "CNN_WORKERS": 1,
     "CNN_THREADS": None,
     "CNN_BACKEND": None,
+    "CNN_BATCHING": True,
+    "CNN_BATCH_MAX_SIZE": None,
+    "CNN_BATCH_DELAY_US": 0,
     "CNN_RELOAD_INTERVAL": 2.0,
     "CNN_STATE_DIR": None,
 }
@@ -105,6 +116,40 @@ def _seconds(value, key, most=3600):
     if not 0 <= seconds <= most:   # also refuses NaN
         raise ValueError(f"{key} must be from 0 (off) to {most} seconds, got {value!r}")
     return seconds
+
+
+_SWITCH = {"1": True, "true": True, "yes": True, "on": True,
+           "0": False, "false": False, "no": False, "off": False}
+MAX_BATCH_DELAY_US = 1_000_000
+
+
+def _switch(value, key):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _SWITCH:
+        return _SWITCH[value.strip().lower()]
+    raise ValueError(f"{key} must be 1 or 0 (true/false, yes/no, on/off), got {value!r}")
+
+
+def _batch_settings(config):
+    """Check and complete the dynamic batching settings (service.batching)."""
+    config["CNN_BATCHING"] = _switch(config["CNN_BATCHING"], "CNN_BATCHING")
+    max_images = config["CNN_MAX_IMAGES"]
+    if config["CNN_BATCH_MAX_SIZE"] is None:
+        config["CNN_BATCH_MAX_SIZE"] = min(64, max_images)
+    size = config["CNN_BATCH_MAX_SIZE"] = _positive_int(config["CNN_BATCH_MAX_SIZE"],
+                                                        "CNN_BATCH_MAX_SIZE")
+    if size > max_images:
+        raise ValueError(f"CNN_BATCH_MAX_SIZE ({size:,}) must be at most CNN_MAX_IMAGES "
+                         f"({max_images:,}): a merged pass holds no more images than one "
+                         f"request may")
+    delay = value = config["CNN_BATCH_DELAY_US"]
+    if isinstance(value, str) and value.strip().replace("_", "").isdigit():
+        value = int(value.strip().replace("_", ""))
+    if isinstance(value, bool) or not isinstance(value, int)             or not 0 <= value <= MAX_BATCH_DELAY_US:
+        raise ValueError(f"CNN_BATCH_DELAY_US must be an integer from 0 to "
+                         f"{MAX_BATCH_DELAY_US:,} (microseconds), got {delay!r}")
+    config["CNN_BATCH_DELAY_US"] = value
 
 
 def default_threads(workers, cores=None):
@@ -164,4 +209,5 @@ def load_config(test_config=None, environ=None):
                          "(HTTP headers carry it as Latin-1)")
     if config["CNN_THREADS"] is None:
         config["CNN_THREADS"] = default_threads(config["CNN_WORKERS"])
+    _batch_settings(config)
     return config, extra

@@ -8,6 +8,10 @@
 ``cnn_http_request_duration_seconds``  histogram  latency by ``endpoint``
 ``cnn_images_per_request``             histogram  batch size of successful predictions,
                                                   by ``endpoint``
+``cnn_batch_images``                   histogram  images in each forward pass, by ``model``
+                                                  (service.batching)
+``cnn_batch_requests``                 histogram  requests merged into each forward pass,
+                                                  by ``model``
 ``cnn_predictions_total``              counter    images classified, by ``model`` and
                                                   predicted ``class``
 ``cnn_model_load_failures_total``      counter    weights files that failed to load, by
@@ -45,6 +49,11 @@ class Metrics:
         self.images = Histogram("cnn_images_per_request", "Images in each successful "
                                 "prediction request", ["endpoint"], buckets=IMAGE_BUCKETS,
                                 registry=r)
+        self.batch_images = Histogram("cnn_batch_images", "Images in each forward pass",
+                                      ["model"], buckets=IMAGE_BUCKETS, registry=r)
+        self.batch_requests = Histogram("cnn_batch_requests", "Requests merged into each "
+                                        "forward pass", ["model"], buckets=IMAGE_BUCKETS,
+                                        registry=r)
         self.predictions = Counter("cnn_predictions", "Images classified, by model and "
                                    "predicted class", ["model", "class"], registry=r)
         self.load_failures = Counter("cnn_model_load_failures", "Weights files that failed "
@@ -59,6 +68,11 @@ class Metrics:
             counts[label] = counts.get(label, 0) + 1
         for label, n in counts.items():
             self.predictions.labels(model_name, class_names[label]).inc(n)
+
+    def record_pass(self, served, images, requests):
+        """service.batching's on_pass: one forward pass of ``requests`` requests."""
+        self.batch_images.labels(served.name).observe(images)
+        self.batch_requests.labels(served.name).observe(requests)
 
     def exposition(self):
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

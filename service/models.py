@@ -124,7 +124,12 @@ class ServedModel:
 
     def predict_proba(self, x):
         """Class probabilities (N, K) of raw pixels, one forward pass at a time
-        (off the event loop under gevent: service.offload)."""
+        (off the event loop under gevent: service.offload). In a request,
+        concurrent calls for this model share a pass (service.batching)."""
+        from service.batching import current_batcher   # (this method is its one user)
+        batcher = current_batcher()
+        if batcher is not None:
+            return batcher.predict_proba(self, x)
         with self.lock:
             return run_blocking(self.model.predict_proba, x)
 
