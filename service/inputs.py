@@ -39,7 +39,9 @@ Every image of a batch is decoded; if any fails, the whole request is refused
 with 400 and ``errors`` lists *every* bad image as ``{"index", "name", "error"}``
 (index 0-based in input order, name the uploaded file name or null), so a
 client can fix all of them at once. Nothing is classified in that case: a
-partial answer would be easy to misread as a complete one.
+partial answer would be easy to misread as a complete one. Asked for with
+``?partial=true``, the readable images are classified and the bad ones listed
+the same way beside them (see ``service.api.predict``).
 """
 import base64
 import binascii
@@ -128,17 +130,27 @@ def multipart_items(request):
     return items
 
 
-def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None):
+def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None,
+                    partial=False):
     """(model input, names) of the multipart file parts: image files, and .npy
     arrays that each add their N images (named ``file.npy[i]``), in body order.
 
     Only image files: uint8 (N, H, W) or (N, H, W, 3), decoded as one batch.
     With .npy parts: float32 (N, C, H, W) in [0, 1] (the images as uint8 / 255,
-    exactly the model's own conversion)."""
+    exactly the model's own conversion).
+
+    ``partial``: (x, names, kept, errors) as :func:`decode_batch` gives them,
+    positions and names in the whole batch. A bad .npy part is still a
+    request error: its image count is unknown, so the positions after it are too."""
     if not any(npy for _, _, npy in parts):
         check_count(len(parts), max_images)
         items = [(data, name) for data, name, _ in parts]
-        return decode_batch(items, served, max_pixels, invert, logger), [n for _, n in items]
+        names = [n for _, n in items]
+        if partial:
+            x, kept, errors = decode_batch(items, served, max_pixels, invert, logger,
+                                           partial=True)
+            return x, names, kept, errors
+        return decode_batch(items, served, max_pixels, invert, logger), names
     chunks, names, files = [], [], []   # files: (position in names, bytes, name)
     for index, (data, name, npy) in enumerate(parts):
         if npy:
@@ -151,11 +163,11 @@ def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None):
             files.append((len(names), data, name))
             names.append(name)
         check_count(len(names), max_images)  # (413 before decoding anything)
-    decoded = iter(())
+    decoded, file_kept, errors = iter(()), [], []
     if files:
         try:
-            pixels = decode_batch([(data, name) for _, data, name in files], served,
-                                  max_pixels, invert, logger)
+            result = decode_batch([(data, name) for _, data, name in files], served,
+                                  max_pixels, invert, logger, partial=partial)
         except ApiError as exc:  # report the images' positions in the whole batch
             if "errors" not in exc.extra:
                 raise  # (413: over the request's pixel budget)
@@ -165,12 +177,26 @@ def multipart_batch(parts, served, max_pixels, invert, max_images, logger=None):
             exc.message = (f"{len(exc.extra['errors'])} of {n} images could not be read; "
                            f"nothing was classified")
             raise
-        pixels = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)
-        decoded = iter(pixels.astype(np.float32) / np.float32(255.0))
-    out = []
+        pixels, file_kept, errors = result if partial else (result, range(len(files)), [])
+        for e in errors:
+            e["index"] = files[e["index"]][0]
+        if file_kept:
+            pixels = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)
+            decoded = iter(pixels.astype(np.float32) / np.float32(255.0))
+    readable = {files[k][0] for k in file_kept}
+    out, kept, position = [], [], 0
     for chunk in chunks:
-        out.append(next(decoded)[None] if chunk is None else chunk)
-    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32), names
+        if chunk is not None:
+            out.append(chunk)
+            kept.extend(range(position, position + len(chunk)))
+            position += len(chunk)
+            continue
+        if position in readable:
+            out.append(next(decoded)[None])
+            kept.append(position)
+        position += 1
+    x = np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+    return (x, names, kept, errors) if partial else (x, names)
 
 
 def base64_image(text):
@@ -193,10 +219,15 @@ def base64_image(text):
         raise ValueError(f"not valid base64 ({exc})") from None
 
 
-def decode_batch(items, served, max_pixels, invert, logger=None, max_request_pixels=None):
+def decode_batch(items, served, max_pixels, invert, logger=None, max_request_pixels=None,
+                 partial=False):
     """uint8 (N, H, W) (grayscale models) or (N, H, W, 3) (RGB) from [(bytes or
     ValueError, name)], decoded as the model's upload policy says (``invert``
     None: the model's default); ApiError listing every bad one.
+
+    ``partial``: the bad ones are no error; returns (x, kept, errors): the
+    readable images, their positions in ``items`` and the errors list (the
+    caller decides what no readable image at all means).
 
     Every header is read before anything is decoded: images with more than
     ``max_request_pixels`` pixels in all (default: the app's
@@ -235,8 +266,13 @@ def decode_batch(items, served, max_pixels, invert, logger=None, max_request_pix
                                 f"{exc.total:,} pixels in all (width x height), over the "
                                 f"limit of {exc.limit:,} (CNN_MAX_REQUEST_PIXELS): send "
                                 f"fewer or smaller images per request") from None
+    errors.sort(key=lambda e: e["index"])
+    if partial:
+        bad = {e["index"] for e in errors}
+        rows = [k for k, index in enumerate(good) if index not in bad]
+        kept = [good[k] for k in rows]
+        return (x[rows] if x is not None else None), kept, errors
     if errors:
-        errors.sort(key=lambda e: e["index"])
         n = len(items)
         what = "the image" if n == 1 else f"{len(errors)} of {n} images"
         raise ApiError(400, f"{what} could not be read; nothing was classified",

@@ -450,3 +450,95 @@ def test_canvas_drawing(client, tiny_model):
     pixels = decode_images([buf.getvalue()])
     assert pixels[0].max() > 200 and pixels[0][0].max() == 0  # not inverted, downscaled
     assert_matches(r.get_json(), tiny_model, pixels, ["drawing.png"], top_k=5)
+
+
+# --------------------------------------------------------------------------
+# ?partial=true: the readable images are classified, the bad ones listed.
+#
+# Decided: with partial=true a batch with no readable image is still 400 (with
+# the same errors list): a 200 with no predictions would be an answer to nothing.
+
+def assert_partial(body, model, pixels, indexes, names=None, top_k=3):
+    """``body`` classifies ``pixels`` as the request's images ``indexes`` (in order)."""
+    assert body["partial"] is True
+    assert [p["index"] for p in body["predictions"]] == indexes
+    renumbered = dict(body, predictions=[dict(p, index=i)
+                                         for i, p in enumerate(body["predictions"])])
+    assert_matches(renumbered, model, pixels, names, top_k)
+
+
+def test_partial_multipart_classifies_the_readable_images(client, tiny_model):
+    pngs = [png_bytes(a) for a in random_images(3, seed=40)]
+    r = post_files(client, (b"not an image", "notes.txt"), (pngs[0], "a.png"),
+                   (pngs[1][:40], "cut.png"), (pngs[1], "b.png"), (pngs[2], "c.png"),
+                   query="?partial=true")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert_partial(body, tiny_model, decode_images(pngs), [1, 3, 4],
+                   ["a.png", "b.png", "c.png"])
+    assert [(e["index"], e["name"]) for e in body["errors"]] == [(0, "notes.txt"),
+                                                                 (2, "cut.png")]
+    assert "not a recognised image" in body["errors"][0]["error"]
+    assert "not a readable PNG" in body["errors"][1]["error"]
+
+
+def test_partial_json_images_keep_request_indexes(client, tiny_model):
+    pngs = [png_bytes(a) for a in random_images(2, seed=41)]
+    payload = [42, base64.b64encode(pngs[0]).decode(), "not base64!!",
+               base64.b64encode(pngs[1]).decode()]
+    r = client.post("/predict?partial=TRUE&top_k=2", json={"images": payload})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert_partial(body, tiny_model, decode_images(pngs), [1, 3], [None, None], top_k=2)
+    assert [e["index"] for e in body["errors"]] == [0, 2]
+
+
+def test_partial_with_npy_parts_counts_their_images(client, tiny_model):
+    """Positions count every image of a .npy part, before and after a bad file."""
+    images = random_images(4, seed=42)
+    buf = io.BytesIO()
+    np.save(buf, images[:2])
+    r = post_files(client, (buf.getvalue(), "two.npy"), (b"junk", "bad.png"),
+                   (png_bytes(images[2]), "c.png"), query="?partial=1&invert=false")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert [(p["index"], p["name"]) for p in body["predictions"]] == [
+        (0, "two.npy[0]"), (1, "two.npy[1]"), (3, "c.png")]
+    assert [(e["index"], e["name"]) for e in body["errors"]] == [(2, "bad.png")]
+    expected = tiny_model.predict(images[[0, 1, 2]])
+    assert [p["label"] for p in body["predictions"]] == expected.tolist()
+
+
+def test_partial_with_only_readable_images_says_complete(client, tiny_model):
+    pngs = [png_bytes(a) for a in random_images(2, seed=43)]
+    r = post_files(client, (pngs[0], "a.png"), (pngs[1], "b.png"), query="?partial=true")
+    body = r.get_json()
+    assert r.status_code == 200 and body["partial"] is False and body["errors"] == []
+    assert_matches(body, tiny_model, decode_images(pngs), ["a.png", "b.png"])
+
+
+@pytest.mark.parametrize("query", ["?partial=true", "?partial=false", ""])
+def test_no_readable_image_is_400_partial_or_not(client, query):
+    r = post_files(client, (b"junk", "a.png"), (b"", "b.png"), query=query)
+    body = assert_error(r, 400)
+    assert [(e["index"], e["name"]) for e in body["errors"]] == [(0, "a.png"), (1, "b.png")]
+    assert "nothing was classified" in body["error"] and "predictions" not in body
+    one = assert_error(client.post("/predict" + query, data=b"junk",
+                                   content_type="image/png"), 400)
+    assert one["error"] == "the image could not be read; nothing was classified"
+
+
+def test_strict_default_refuses_a_mixed_batch(client):
+    good = png_bytes(random_images(1, seed=44)[0])
+    for query in ("", "?partial=no"):
+        body = assert_error(post_files(client, (good, "a.png"), (b"junk", "b.png"),
+                                       query=query), 400)
+        assert body["error"] == "1 of 2 images could not be read; nothing was classified"
+        assert set(body) == {"error", "errors"}   # no partial answer, no partial flag
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2"])
+def test_bad_partial_value(client, value):
+    good = png_bytes(random_images(1, seed=45)[0])
+    body = assert_error(post_files(client, (good, "a.png"), query=f"?partial={value}"), 400)
+    assert body["error"] == f"partial must be true or false, got {value!r}"
