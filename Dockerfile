@@ -86,8 +86,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 USER cnn
-# The default recipe (convnet, 4 epochs, Adam, cosine): writes
-# /models/convnet.npz plus its .ckpt, .history.json and .png beside it.
+# The default recipe (convnet, 5 epochs, Adam, cosine): writes
+# /models/convnet.npz plus its .ckpt, .history.json, .history.csv and .png beside it.
 CMD ["python", "-m", "cnn.train", "--out", "/models/convnet.npz", "--progress", "lines"]
 
 # -------------------------------------------------------------------- api

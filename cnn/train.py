@@ -9,8 +9,14 @@ and writes beside each other:
     models/convnet.npz            the weights file (cnn.load_model, the service)
     models/convnet.ckpt           checkpoint for --resume: every --checkpoint-every
                                   (60s) and at each epoch end
-    models/convnet.history.json   per-epoch metrics
-    models/convnet.png            learning curves
+    models/convnet.history.json   the summary and per-epoch metrics (cnn.history)
+    models/convnet.history.csv    one row per epoch, as Keras' CSVLogger
+    models/convnet.png            learning curves: loss (per step too), accuracy, lr
+
+--early-stopping PATIENCE stops when --monitor (val_loss) has not improved for
+PATIENCE epochs; --keep best (the default with early stopping) saves the best
+epoch's weights instead of the last (cnn.early_stopping). The summary says which
+epoch was kept.
 
 --resume continues a run with the settings saved in its checkpoint: a flag that
 contradicts them is an error; --epochs may change the run's length (the message
@@ -26,8 +32,6 @@ import argparse
 import contextlib
 import datetime
 import hashlib
-import io
-import json
 import os
 import re
 import shlex
@@ -47,9 +51,11 @@ from cnn.architectures import ARCHITECTURES, build_architecture
 from cnn.backends import BackendUnavailable, get_backend
 from cnn.data import DataError, Normalizer, train_val_split
 from cnn.datasets import input_shape_of, load_data, record_of
-from cnn.io import ModelFileError, atomic_write, read_model_file, save_model
+from cnn.io import ModelFileError, read_model_file, save_model
 from cnn.model import Sequential
 from cnn.optim import Schedule, make_optimizer
+from cnn import history as run_history
+from cnn.early_stopping import EarlyStopping
 from cnn.training import evaluate_logits, fit
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
@@ -80,6 +86,15 @@ def build_parser():
                    help="largest shift of --augment shift/both, in pixels: a random crop of "
                         "the image padded by N on every side, filled with the background "
                         "(default: 2; CIFAR-style recipes use 4 for 32x32 images)")
+    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
+                   help="stop when --monitor has not improved for PATIENCE epochs "
+                        "(Keras' EarlyStopping; default: off)")
+    p.add_argument("--monitor", choices=["val_loss", "val_acc"], default="val_loss",
+                   help="the validation metric of --early-stopping and --keep best "
+                        "(default: val_loss)")
+    p.add_argument("--keep", choices=["best", "last"], default=None,
+                   help="the weights to save: the last epoch's, or the best epoch's by "
+                        "--monitor (default: best with --early-stopping, else last)")
     p.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="share of the training set held out for validation (0.1)")
     p.add_argument("--limit", type=positive_int, default=None,
@@ -159,42 +174,20 @@ def sidecar(out, suffix):
     return stem + suffix
 
 
-def plot_history(history, path):
-    """Loss and accuracy per epoch, train and validation, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], "o-", label="train")
-    nan = float("nan")
-    ax1.plot(epochs, [nan if h["val_loss"] is None else h["val_loss"] for h in history], "o-",
-             label="validation")
-    ax1.set(title="loss", xlabel="epoch")
-    ax2.plot(epochs, [h["acc"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [nan if h["val_acc"] is None else h["val_acc"] for h in history], "o-",
-             label="validation")
-    ax2.set(title="accuracy", xlabel="epoch")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
 def fail(message, code=2):
     return _fail("cnn.train", message, code)
 
 
+# Checkpoints keep the best epoch's weights (--keep best) beside the optimizer's
+# state, as the optimizer-state slot "_best" (no optimizer has a slot of that name).
+BEST_PREFIX = "opt/_best/"
 IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
 
 # What a checkpoint restores: the run as it was started. --epochs may change
 # (the length is the user's choice); the rest would silently make another run.
 RUN_SETTINGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum",
-                "weight_decay", "schedule", "augment", "shift", "val_fraction", "limit", "seed",
+                "weight_decay", "schedule", "augment", "shift", "early_stopping", "monitor",
+                "keep", "val_fraction", "limit", "seed",
                 "image_size", "channels", "test_fraction")
 # Restored unless given: where the data is (checked by content) and how to compute.
 PLACE_SETTINGS = ("data_dir", "threads", "backend", "cache_dir", "strict")
@@ -260,7 +253,8 @@ def weights_path(out):
 
 
 def output_files(out):
-    return [out, checkpoint_path(out), sidecar(out, ".history.json"), sidecar(out, ".png")]
+    return [out, checkpoint_path(out), sidecar(out, ".history.json"),
+            sidecar(out, ".history.csv"), sidecar(out, ".png")]
 
 
 def check_output(out, need_bytes):
@@ -463,6 +457,12 @@ def run(argv=None):
     schedule = Schedule(lr, args.schedule, epochs=args.epochs,
                         step_size=max(1, args.epochs // 3))
     steps = (len(x_train) + args.batch_size - 1) // args.batch_size
+    keep = args.keep or ("best" if args.early_stopping else "last")
+    watching = bool(args.early_stopping) or keep == "best"
+    if watching and len(x_val) == 0:
+        return fail(f"{'--early-stopping' if args.early_stopping else '--keep best'} needs a "
+                    f"validation set: --val-fraction above 0 (or a val/ folder)")
+    stopper = EarlyStopping(args.monitor, args.early_stopping, keep)
     rng = np.random.default_rng(args.seed + 1)
     start_epoch, history, position = 0, [], None
     if resume:
@@ -472,8 +472,11 @@ def run(argv=None):
             model.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
         except ValueError as exc:
             return fail(f"--resume: {exc}")
-        optimizer.load_state_dict(state["optimizer"],
-                                  {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")})
+        optimizer.load_state_dict(state["optimizer"], {
+            k[4:]: v for k, v in arrays.items()
+            if k.startswith("opt/") and not k.startswith(BEST_PREFIX)})
+        stopper.load_state_dict(state.get("early_stopping") or {}, {
+            k[len(BEST_PREFIX):]: v for k, v in arrays.items() if k.startswith(BEST_PREFIX)})
         rng.bit_generator.state = state["rng"]
         model.rng.bit_generator.state = state["model_rng"]
         start_epoch, history = int(state["epoch"]), list(state["history"])
@@ -499,7 +502,9 @@ def run(argv=None):
     print(f"  backend {model.backend}, {threads} threads, float32; images: "
           f"{len(x_train):,} train / {len(x_val):,} validation / {len(x_test):,} test; "
           f"batch {args.batch_size}, {args.optimizer} lr {lr:g} ({args.schedule}), "
-          f"{args.epochs} epochs{f', augment {args.augment}' if args.augment else ''}, "
+          f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
+          f"{f', augment {args.augment}' if args.augment else ''}"
+          f"{f', early stopping (patience {args.early_stopping}, {args.monitor})' if args.early_stopping else ''}, "
           f"seed {args.seed}")
     for note in notes:
         print(f"  {note}")
@@ -523,12 +528,15 @@ def run(argv=None):
     def save_checkpoint(epochs_done, where):
         nonlocal saved_at, last_save
         opt_meta, opt_arrays = optimizer.state_dict()
+        stop_meta, best_arrays = stopper.state_dict()
+        opt_arrays = dict(opt_arrays, **{BEST_PREFIX[4:] + k: v for k, v in best_arrays.items()})
         with ctrl_c_deferred():
             write_output(ckpt_file, lambda: save_model(ckpt_file, model, checkpoint={
                 "epoch": epochs_done, "position": where, "args": run_args,
                 "optimizer": opt_meta, "rng": rng.bit_generator.state,
                 "model_rng": model.rng.bit_generator.state, "history": history,
-                "data_sha256": fingerprint}, optimizer_arrays=opt_arrays))
+                "early_stopping": stop_meta, "data_sha256": fingerprint},
+                optimizer_arrays=opt_arrays))
             saved_at = {"epoch": epochs_done, "step": where["step"] if where else 0}
         last_save = time.monotonic()
 
@@ -545,7 +553,9 @@ def run(argv=None):
 
     def on_epoch_end(epoch, metrics):
         history.append(metrics)
+        stop = stopper.update(model, metrics) if watching else False
         save_checkpoint(epoch + 1, None)
+        return stop
 
     def saved_text():
         if saved_at is None:
@@ -563,20 +573,34 @@ def run(argv=None):
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
     try:
         print(f"  writing {out}", flush=True)
-        if start_epoch >= args.epochs:
+        if stopper.stopped_epoch is not None:
+            print(f"  the checkpoint's run stopped early after epoch {stopper.stopped_epoch}; "
+                  f"nothing to train")
+        elif start_epoch >= args.epochs:
             print(f"  the checkpoint already holds {start_epoch} epochs; nothing to train "
                   f"(raise --epochs to continue)")
-        fit(model, loss_fn, optimizer, schedule, (x_train, tr_y), (x_val, va_y),
-            epochs=args.epochs, batch_size=args.batch_size, rng=rng, start_epoch=start_epoch,
-            position=position, augment=augment, on_epoch_end=on_epoch_end,
-            on_step_end=on_step_end, progress=progress)
+        else:
+            fit(model, loss_fn, optimizer, schedule, (x_train, tr_y), (x_val, va_y),
+                epochs=args.epochs, batch_size=args.batch_size, rng=rng,
+                start_epoch=start_epoch, position=position, augment=augment,
+                on_epoch_end=on_epoch_end, on_step_end=on_step_end, progress=progress)
+        if stopper.stopped_epoch is not None:
+            n = args.early_stopping
+            print(f"early stopping: {args.monitor} has not improved for {n} "
+                  f"epoch{'s' if n != 1 else ''} (best {stopper.best:.4f} after epoch "
+                  f"{stopper.best_epoch})")
+        last_epoch = history[-1]["epoch"] if history else 0
+        kept = stopper.finish(model, last_epoch) if history else None
+        if kept is not None and kept != last_epoch:
+            print(f"keeping epoch {kept}'s weights (--keep best)")
 
         test_loss, test_acc = evaluate_logits(model, x_test, data.test_labels)
         summary = {
-            "arch": args.arch, "epochs": len(history), "test_accuracy": test_acc,
+            "arch": args.arch, "epochs": len(history), "kept_epoch": kept,
+            "test_accuracy": test_acc,
             "test_loss": test_loss,
-            "val_accuracy": history[-1]["val_acc"] if history else None,
-            "train_accuracy": history[-1]["acc"] if history else None,
+            "val_accuracy": history[kept - 1]["val_acc"] if history else None,
+            "train_accuracy": history[kept - 1]["acc"] if history else None,
             "dataset": data.name, "train_images": len(x_train),
             "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size,
             "augment": args.augment,
@@ -587,14 +611,20 @@ def run(argv=None):
                 timespec="seconds"),
             "cnn_version": __version__,
         }
+        if watching:
+            summary["early_stopping"] = stopper.describe()
         if record:      # image folders and .npz: shape, channel order, resize, the split
             summary["data"] = dict(record, val_fraction=None if val_folder else
                                    args.val_fraction, val_images=len(x_val))
         write_output(out, lambda: save_model(out, model, summary))
-        hist_file, png_file = sidecar(out, ".history.json"), sidecar(out, ".png")
-        write_output(hist_file, lambda: atomic_write(hist_file, lambda f: f.write(json.dumps(
-            {"summary": summary, "history": history}, indent=2).encode())))
-        write_output(png_file, lambda: plot_history(history, png_file))
+        hist_file, csv_file, png_file = (sidecar(out, ".history.json"),
+                                         sidecar(out, ".history.csv"), sidecar(out, ".png"))
+        write_output(hist_file, lambda: run_history.write_json(hist_file, summary, history))
+        write_output(csv_file, lambda: run_history.write_csv(csv_file, history))
+        title = (f"{os.path.basename(out)}: {args.arch} on {data.name}, "
+                 f"test accuracy {test_acc:.4f}" if test_acc is not None else None)
+        write_output(png_file, lambda: run_history.plot(
+            png_file, history, title, kept if kept != last_epoch else None))
     except KeyboardInterrupt:
         print(f"\ninterrupted: {saved_text()}", file=sys.stderr)
         return 130
@@ -603,7 +633,8 @@ def run(argv=None):
     except FloatingPointError as exc:
         return fail(str(exc), 1)
     print(f"test_loss: {test_loss:.4f} - test_acc: {test_acc:.4f}")
-    print(f"saved {out} (history {hist_file}, curves {png_file})")
+    print(f"saved {out} (history {hist_file}, {os.path.basename(csv_file)}, curves "
+          f"{png_file})")
     return 0
 
 

@@ -18,6 +18,8 @@ import numpy as np
 
 from cnn.data import augment as augment_batch
 
+CURVE_POINTS = 50    # running-loss points recorded per epoch (the learning-curve plot)
+
 
 def evaluate_logits(model, x, y, batch_size=512):
     """(loss, accuracy) of the model on normalised x and integer labels y; (None,
@@ -49,18 +51,21 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
     train, val: (x normalised float32 (N, C, H, W), y int64 (N,)).
     loss_fn(logits, labels) -> (loss, dlogits); schedule(progress_in_epochs) -> lr.
     augment: None or dict(shift=, flip=, fill=) for cnn.data.augment.
-    on_epoch_end(epoch_index, metrics) runs after each epoch (checkpointing).
+    on_epoch_end(epoch_index, metrics) runs after each epoch (checkpointing);
+    when it returns True, training stops there (early stopping).
     on_step_end(epoch_index, steps_done, position) runs after every step but an
     epoch's last; ``position()`` is the mid-epoch state to save with the model,
     optimizer and ``rng`` (call it only when saving: it copies the RNG state).
     position: such a saved state to continue from (``rng`` must hold the state
     saved with it); the run restarts at its epoch and step.
     progress: True for a live bar, False for one line per epoch, None to pick by
-    whether ``stream`` is a terminal. Returns the list of per-epoch metrics.
+    whether ``stream`` is a terminal. Returns the list of per-epoch metrics;
+    each holds ``curve``, the running loss every ~1/CURVE_POINTS of an epoch.
     """
     x_train, y_train = train
     n = len(x_train)
     steps = (n + batch_size - 1) // batch_size
+    every = max(1, steps // CURVE_POINTS)
     if progress is None:
         progress = hasattr(stream, "isatty") and stream.isatty()
     if position is not None:
@@ -83,10 +88,12 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
             first_step, seen, correct = int(resumed["step"]), int(resumed["seen"]), \
                 int(resumed["correct"])
             loss_sum, time_before = float(resumed["loss_sum"]), float(resumed["time"])
+            curve = list(resumed.get("curve", []))
         else:
             order = rng.permutation(n)
             first_step = seen = correct = 0
             loss_sum, time_before = 0.0, 0.0
+            curve = []
         bar = None
         if progress:
             from tqdm import tqdm
@@ -106,16 +113,19 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
             loss_sum += loss * len(idx)
             correct += int((logits.argmax(axis=1) == yb).sum())
             seen += len(idx)
+            if (step + 1) % every == 0 or step == steps - 1:
+                curve.append([round(epoch + (step + 1) / steps, 4), loss_sum / seen])
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0 or step == steps - 1:
                     bar.set_postfix_str(f"loss: {loss_sum / seen:.4f} - acc: {correct / seen:.4f}")
             if on_step_end is not None and step < steps - 1:
                 def here(epoch=epoch, done=step + 1, epoch_rng=epoch_rng, seen=seen,
-                         correct=correct, loss_sum=float(loss_sum)):
+                         correct=correct, loss_sum=float(loss_sum), points=len(curve)):
                     return {"epoch": epoch, "step": done, "epoch_rng": epoch_rng,
                             "seen": seen, "correct": correct, "loss_sum": loss_sum,
-                            "time": time_before + time.perf_counter() - start}
+                            "time": time_before + time.perf_counter() - start,
+                            "curve": curve[:points]}
                 on_step_end(epoch, step + 1, here)
         # The loss of a step is computed before its update, so also check the
         # parameters: the last update of the epoch can make them NaN/inf.
@@ -131,7 +141,7 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
         val_loss, val_acc = evaluate_logits(model, *val)
         metrics = {"epoch": epoch + 1, "loss": loss_sum / seen, "acc": correct / seen,
                    "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.lr,
-                   "time": train_time}
+                   "time": train_time, "curve": curve}
         history.append(metrics)
         line = f"Epoch {epoch + 1}/{epochs} - {train_time:.1f}s - {format_metrics(metrics)}"
         if bar is not None:
@@ -139,6 +149,6 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
             bar.close()
         else:
             print(line, file=stream, flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+        if on_epoch_end is not None and on_epoch_end(epoch, metrics):
+            break
     return history

@@ -367,3 +367,44 @@ def test_ctrl_c_is_held_while_a_checkpoint_is_written_whichever_thread_gets_it()
             reached_end.append(True)
     assert reached_end == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_early_stopping_keeps_the_best_epoch_and_a_resume_stops_too(workdir):
+    out = ok(train(workdir, "--epochs", "6", "--early-stopping", "1", "--lr", "0.01",
+                   "--schedule", "constant", "--out", "run/m.npz"))
+    meta, arrays = read_model_file(workdir / "run/m.npz")
+    summary = meta["summary"]
+    history = json.loads((workdir / "run/m.history.json").read_text())["history"]
+    val = [h["val_loss"] for h in history]
+    best = 1 + int(np.argmin(val))
+    assert summary["kept_epoch"] == best == summary["early_stopping"]["best_epoch"]
+    assert summary["early_stopping"]["keep"] == "best"
+    stopped = summary["early_stopping"]["stopped_epoch"]
+    if stopped is not None:     # patience 1: one epoch after the best
+        assert stopped == len(history) == best + 1 and "early stopping: val_loss" in out
+    else:
+        assert len(history) == 6 and best == 6
+    # the weights file holds the kept epoch's weights, which the checkpoint kept aside
+    ckpt_meta, ckpt = read_model_file(workdir / "run/m.ckpt")
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(value, ckpt["opt/_best/" + key[len("param/"):]])
+    # the CSV log: a header and one row per epoch
+    rows = (workdir / "run/m.history.csv").read_text().splitlines()
+    assert rows[0] == "epoch,loss,acc,val_loss,val_acc,lr,time" and len(rows) == 1 + len(history)
+    assert float(rows[best].split(",")[3]) == pytest.approx(val[best - 1])
+    assert (workdir / "run/m.png").read_bytes().startswith(b"\x89PNG")
+    if stopped is not None:     # resuming a run that stopped early trains nothing more
+        out = ok(train(workdir, "--resume", "run/m.ckpt", "--out", "run/m.npz", common=False))
+        assert f"stopped early after epoch {stopped}; nothing to train" in out
+        np.testing.assert_array_equal(read_model_file(workdir / "run/m.npz")[1]["param/0.w"],
+                                      arrays["param/0.w"])
+
+
+def test_keep_best_needs_a_validation_set_and_the_header_counts_epochs(workdir):
+    assert_clean_error(train(workdir, "--keep", "best", "--val-fraction", "0"),
+                       "--keep best needs a validation set")
+    assert_clean_error(train(workdir, "--early-stopping", "0"), "--early-stopping")
+    out = ok(train(workdir, "--epochs", "1", "--out", "run/one.npz"))
+    assert "1 epoch, augment" in out and "1 epochs" not in out
+    history = json.loads((workdir / "run/one.history.json").read_text())["history"]
+    assert len(history[0]["curve"]) >= 3 and history[0]["curve"][-1][0] == 1.0
