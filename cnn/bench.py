@@ -514,97 +514,26 @@ INFER_GOALS = {"convnet": (">=", 3.0), "lenet5": (">=", 2.0)}
 LATENCY_GOAL = ("<", 1.0)
 
 
-def _onnx_layers_torch(net):
-    from torch import nn
-
-    def two(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    layers = []
-    for m in net:
-        if isinstance(m, nn.Conv2d):
-            layers.append(("conv", m.weight.detach().numpy(), m.bias.detach().numpy(),
-                           two(m.stride), two(m.padding)))
-        elif isinstance(m, nn.ReLU):
-            layers.append(("relu",))
-        elif isinstance(m, nn.MaxPool2d):
-            layers.append(("maxpool", two(m.kernel_size), two(m.stride)))
-        elif isinstance(m, nn.Flatten):
-            layers.append(("flatten",))
-        elif isinstance(m, nn.Linear):
-            layers.append(("dense", m.weight.detach().numpy(), m.bias.detach().numpy()))
-        else:
-            raise ValueError(f"no ONNX node for {m!r}")
-    return layers
-
-
-def _onnx_layers_cnn(model):
-    layers = []
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "Conv2D":
-            layers.append(("conv", layer.params["w"], layer.params["b"], tuple(layer.stride),
-                           tuple(layer.pad)))
-        elif kind == "ReLU":
-            layers.append(("relu",))
-        elif kind == "MaxPool2D":
-            layers.append(("maxpool", tuple(layer.kernel), tuple(layer.stride)))
-        elif kind == "Flatten":
-            layers.append(("flatten",))
-        elif kind == "Dense":
-            layers.append(("dense", layer.params["w"], layer.params["b"]))
-        else:
-            raise ValueError(f"no ONNX node for {layer!r}")
-    return layers
-
-
-def onnx_graph(layers, opset=17):
-    """An ONNX model (bytes) of Conv/Relu/MaxPool/Flatten/Gemm nodes with input
-    ``x`` (N, 1, 28, 28) float32 and output ``y``, from (kind, ...) tuples."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    nodes, inits, name = [], [], "x"
-    for i, layer in enumerate(layers):
-        out = f"t{i}"
-        kind = layer[0]
-        if kind == "conv":
-            _, w, b, stride, pad = layer
-            inits += [numpy_helper.from_array(np.ascontiguousarray(w, np.float32), f"w{i}"),
-                      numpy_helper.from_array(np.ascontiguousarray(b, np.float32), f"b{i}")]
-            nodes.append(helper.make_node("Conv", [name, f"w{i}", f"b{i}"], [out],
-                                          kernel_shape=list(w.shape[2:]), strides=list(stride),
-                                          pads=[pad[0], pad[1], pad[0], pad[1]]))
-        elif kind == "relu":
-            nodes.append(helper.make_node("Relu", [name], [out]))
-        elif kind == "maxpool":
-            _, kernel, stride = layer
-            nodes.append(helper.make_node("MaxPool", [name], [out], kernel_shape=list(kernel),
-                                          strides=list(stride)))
-        elif kind == "flatten":
-            nodes.append(helper.make_node("Flatten", [name], [out], axis=1))
-        elif kind == "dense":
-            _, w, b = layer
-            inits += [numpy_helper.from_array(np.ascontiguousarray(w, np.float32), f"w{i}"),
-                      numpy_helper.from_array(np.ascontiguousarray(b, np.float32), f"b{i}")]
-            nodes.append(helper.make_node("Gemm", [name, f"w{i}", f"b{i}"], [out], transB=1))
-        else:
-            raise ValueError(f"unknown layer kind {kind!r}")
-        name = out
-    nodes.append(helper.make_node("Identity", [name], ["y"]))
-    graph = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="cnn.bench")
-    model.ir_version = min(model.ir_version, 8)   # readable by older onnxruntime too
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+def _cnn_twin(arch, net=None):
+    """Our ``arch`` built from seed 0, holding the weights of the PyTorch twin
+    ``net`` when there is one (the reverse of ``_torch_net(cnn_init=True)``)."""
+    from cnn.architectures import build_architecture
+    model = build_architecture(arch).build(seed=0, backend="python")
+    if net is not None:
+        theirs = [m for m in net if hasattr(m, "weight")]     # Conv2d and Linear
+        mine = [layer for layer in model.layers if "w" in layer.params]
+        for m, layer in zip(theirs, mine, strict=True):
+            layer.params["w"][...] = m.weight.detach().numpy()
+            layer.params["b"][...] = m.bias.detach().numpy()
+    return model
 
 
 def _onnx_bytes(arch, net):
     """(ONNX model bytes, how it was made): torch.onnx.export of the PyTorch
     module when that works (its new exporter needs onnxscript, the TorchScript
-    one is the fallback), else an onnx.helper graph of the same weights (of our
-    own model when PyTorch is missing)."""
+    one is the fallback), else cnn.export's graph of our model holding the same
+    weights (our own seed-0 weights when PyTorch is missing). cnn.export's graph
+    adds Softmax and ArgMax outputs to the logits: microseconds at batch 64."""
     import io
     import warnings
     problems = []
@@ -631,11 +560,11 @@ def _onnx_bytes(arch, net):
                 problems.append(f"{how}: wrote nothing")
             except Exception as exc:
                 problems.append(f"{how}: {type(exc).__name__}")
-        return onnx_graph(_onnx_layers_torch(net)), \
-            "onnx.helper graph of the torch weights (" + "; ".join(problems) + ")"
-    from cnn.architectures import build_architecture
-    model = build_architecture(arch).build(seed=0, backend="python")
-    return onnx_graph(_onnx_layers_cnn(model)), "onnx.helper graph of cnn's weights (no torch)"
+    from cnn.export import to_onnx
+    data = to_onnx(_cnn_twin(arch, net)).SerializeToString()
+    if net is not None:
+        return data, "cnn.export of the torch weights (" + "; ".join(problems) + ")"
+    return data, "cnn.export of cnn's weights (no torch)"
 
 
 def _infer_child(arch, threads, repeat, min_time, layouts, ort, batches):

@@ -201,16 +201,16 @@ def test_train_subcommand_without_torch_prints_the_hint(no_comparisons, capsys):
     assert "lenet5" in text and "not installed; pip install torch==2.13.0" in text
 
 
-def test_onnx_graph_of_our_weights_matches_our_model():
+def test_onnx_graph_without_torch_is_cnn_exports_graph_of_our_model():
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from cnn.architectures import build_architecture
-    model = build_architecture("lenet5").build(seed=0, backend="python")
-    graph = bench.onnx_graph(bench._onnx_layers_cnn(model))
-    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    data, how = bench._onnx_bytes("lenet5", None)
+    assert how == "cnn.export of cnn's weights (no torch)"
+    model = bench._cnn_twin("lenet5")
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
-    np.testing.assert_allclose(session.run(None, {"x": x})[0], model.forward(x),
-                               rtol=1e-4, atol=1e-4)
+    logits = session.run(["logits"], {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(logits, model.forward(x), rtol=1e-4, atol=1e-4)
 
 
 def test_train_child_reports_its_own_peak_memory(idx_folder, tmp_path):
