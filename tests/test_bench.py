@@ -7,6 +7,7 @@ shared), and PyTorch / ONNX Runtime are blocked so that no child process runs.
 import json
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -211,6 +212,28 @@ def test_onnx_graph_without_torch_is_cnn_exports_graph_of_our_model():
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
     logits = session.run(["logits"], {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(logits, model.forward(x), rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_twin_takes_the_torch_modules_weights():
+    class Param:     # what the twin reads of a torch Parameter
+        def __init__(self, value):
+            self.value = value
+
+        def detach(self):
+            return self
+
+        def numpy(self):
+            return self.value
+    ours = bench._cnn_twin("lenet5")
+    rng = np.random.default_rng(0)
+    net = [types.SimpleNamespace(weight=Param(rng.standard_normal(layer.params["w"].shape)),
+                                 bias=Param(rng.standard_normal(layer.params["b"].shape)))
+           if "w" in layer.params else object() for layer in ours.layers]
+    twin = bench._cnn_twin("lenet5", net)
+    for m, layer in zip(net, twin.layers):
+        if "w" in layer.params:
+            np.testing.assert_allclose(layer.params["w"], m.weight.value, rtol=1e-6)
+            np.testing.assert_allclose(layer.params["b"], m.bias.value, rtol=1e-6)
 
 
 def test_train_child_reports_its_own_peak_memory(idx_folder, tmp_path):
