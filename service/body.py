@@ -26,6 +26,15 @@ Otherwise the body read is put back in the WSGI environment as a plain
 ``Content-Length`` body, so werkzeug, Flask and the views see an ordinary
 request and read it from memory.
 
+A body sent with ``Content-Encoding: gzip`` (or ``x-gzip``) or ``deflate``
+(zlib, or raw deflate as some clients send it) is decompressed here, so the
+views see the plain body: ``CNN_MAX_CONTENT_LENGTH`` bounds the decompressed
+size too, and a body that would inflate past it is refused (413) after
+inflating at most that many bytes (``zlib.decompressobj`` with
+``max_length``: a gzip bomb is never inflated in full). Bad compressed data
+is 400, another coding 415. The inflating runs off the event loop
+(service.offload) and its bytes count against the worker's budget.
+
 A request to an unknown URL or with a method the URL does not take (404, 405)
 has its body left unread, so neither those nor the open paths of
 service.auth make the server read anything for an anonymous client.
@@ -40,10 +49,12 @@ import io
 import socket
 import threading
 import time
+import zlib
 
 from flask import current_app, request
 
 from service.errors import ApiError
+from service.offload import run_blocking
 
 CHUNK = 64 * 1024
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -152,6 +163,10 @@ def read_body():
     seconds = current_app.config["CNN_BODY_TIMEOUT"]
     length = _declared_length(environ)
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    coding = environ.pop("HTTP_CONTENT_ENCODING", "").strip().lower()
+    if coding not in ("", "identity", *_CODINGS):
+        raise _refuse(415, f"unsupported Content-Encoding {coding!r}: send the body as is, "
+                           f"or compressed with gzip or deflate")
     if length is not None and length > limit:
         raise _refuse(413, f"request body too large: {length:,} bytes declared, the limit is "
                            f"{limit:,} bytes (CNN_MAX_CONTENT_LENGTH)")
@@ -160,6 +175,8 @@ def read_body():
     else:
         body = _read(environ["wsgi.input"], length, limit, seconds,
                      environ.get("gunicorn.socket"), current_app.extensions["cnn"].body_budget)
+    if coding in _CODINGS:
+        body = _decoded(body, coding, limit, current_app.extensions["cnn"].body_budget)
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -203,6 +220,64 @@ def _read(stream, length, limit, seconds, sock, budget):
         raise _refuse(400, f"the request body ended after {got:,} of the {length:,} bytes "
                            f"its Content-Length announced")
     return b"".join(parts)
+
+
+# Content-Encoding -> zlib wbits (gzip header; zlib header, as RFC 9110's
+# "deflate" and Triton's clients send it)
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+            "deflate": zlib.MAX_WBITS}
+
+
+def _decoded(body, coding, limit, budget):
+    """The decompressed ``body``, at most ``limit`` bytes of it (else 413);
+    its bytes replace the compressed ones in the worker's budget."""
+    if not body:
+        return body
+    try:
+        plain = run_blocking(_inflate, body, _CODINGS[coding], limit)
+    except zlib.error as exc:
+        raise _refuse(400, f"the request body is not valid {coding} data "
+                           f"(Content-Encoding: {coding}): {exc}") from None
+    if plain is None:
+        raise _refuse(413, f"request body too large: more than {limit:,} bytes once "
+                           f"decompressed (CNN_MAX_CONTENT_LENGTH applies to the "
+                           f"decompressed body too)")
+    if not budget.take(len(plain)):
+        raise _refuse(503, "the server is busy: too many request bodies in memory at once "
+                           "(CNN_WORKER_BODY_BYTES); retry shortly",
+                      headers={"Retry-After": "1"})
+    budget.give(len(body))
+    request.environ["cnn.body_bytes"] += len(plain) - len(body)
+    return plain
+
+
+def _inflate(data, wbits, limit):
+    """``data`` decompressed, or None when that is more than ``limit`` bytes
+    (found after inflating at most limit + 1 of them); zlib.error when the data
+    is malformed or cut short. Concatenated gzip members are read in turn."""
+    out = []
+    room = limit
+    while True:
+        try:
+            inflater = zlib.decompressobj(wbits)
+            block = inflater.decompress(data, room + 1)
+        except zlib.error:
+            if wbits != zlib.MAX_WBITS or out:
+                raise
+            wbits = -zlib.MAX_WBITS          # raw deflate, without the zlib header
+            continue
+        room -= len(block)
+        if room < 0:
+            return None
+        out.append(block)
+        if not inflater.eof:
+            raise zlib.error("the compressed data ends before its end marker")
+        data = inflater.unused_data
+        if not data or wbits != 16 + zlib.MAX_WBITS:
+            break
+    if data:
+        raise zlib.error(f"{len(data):,} bytes of other data after the compressed data")
+    return b"".join(out)
 
 
 def _as_tuple(errors):

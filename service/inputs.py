@@ -430,15 +430,68 @@ def _npy_images(shape, c, h, w):
 
 # --------------------------------------------------------------------------
 # Open Inference Protocol tensors.
+#
+# Every numeric V2 datatype is taken as pixels: integer types hold 0-255 (as
+# UINT8 always did), float types 0-1 (as FP32); values are range-checked and
+# converted, so a client sending the INT64 or FP64 arrays NumPy made by default
+# gets the same answer as with UINT8/FP32. Binary tensor data (the binary
+# tensor data extension) is little-endian, as Triton's clients write it.
 
-V2_DATATYPES = ("FP32", "UINT8")
+V2_INTEGER_TYPES = {"UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+                    "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8"}
+# BF16 is the high half of an FP32: read as uint16, shifted into float32
+V2_FLOAT_TYPES = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "BF16": "<u2"}
+V2_DATATYPES = (*V2_INTEGER_TYPES, *V2_FLOAT_TYPES)
+_V2_REFUSED = {"BYTES": "strings are not pixels", "BOOL": "booleans are not pixels"}
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def v2_tensor(tensor, served, max_images):
-    """The model input of one $request_input: uint8 or float32 (N, C, H, W)."""
+def v2_request(data, header_length, max_values):
+    """(JSON object, binary tensor data or None) of an infer body.
+
+    Without ``header_length`` (the Inference-Header-Content-Length header) the
+    whole body is the JSON request; with it, its first ``header_length`` bytes
+    are and the rest is the inputs' binary data, in input order. The JSON is
+    refused (413) above ``max_values`` commas before it is parsed (see
+    :func:`read_json`)."""
+    binary = None
+    if header_length is not None:
+        text = header_length.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise ApiError(400, f"{HEADER_LENGTH} must be a non-negative integer, got "
+                                f"{header_length!r}")
+        size = int(text)
+        if size > len(data):
+            raise ApiError(400, f"{HEADER_LENGTH} is {size:,} but the body has only "
+                                f"{len(data):,} bytes")
+        data, binary = data[:size], data[size:]
+    if not data.strip():
+        raise ApiError(400, "the inference request is empty; expected a JSON object")
+    if data.count(b",") > max_values:
+        raise ApiError(413, f"the JSON request holds more than {max_values:,} values, more "
+                            f"than a batch of CNN_MAX_IMAGES images of the model's input "
+                            f"size; split the batch (or send binary tensor data)")
+    try:
+        body = json.loads(data)
+    except RecursionError:
+        raise ApiError(400, "the JSON request is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        what = "JSON header" if binary is not None else "request body"
+        raise ApiError(400, f"the {what} is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the inference request must be a JSON object")
+    return body, binary
+
+
+def v2_tensor(tensor, served, max_images, binary=None):
+    """The model input of one $request_input: uint8 or float32 (N, C, H, W).
+
+    ``binary``: the body's bytes after the JSON header (None when the request
+    had no Inference-Header-Content-Length); an input with a
+    ``binary_data_size`` parameter takes exactly those bytes."""
     if not isinstance(tensor, dict):
         raise ApiError(400, "each entry of 'inputs' must be an object")
-    for key in ("name", "shape", "datatype", "data"):
+    for key in ("name", "shape", "datatype"):
         if key not in tensor:
             raise ApiError(400, f"input tensor is missing {key!r}")
     if not isinstance(tensor["name"], str):
@@ -446,10 +499,14 @@ def v2_tensor(tensor, served, max_images):
     params = tensor.get("parameters", {})
     if not isinstance(params, dict):
         raise ApiError(400, "input 'parameters' must be an object")
-    if "binary_data_size" in params:
-        raise ApiError(400, "the binary tensor data extension is not supported: send "
-                            "'data' as a JSON list")
+    if any(key.startswith("shared_memory") for key in params):
+        raise ApiError(400, "the shared memory extensions are not supported: send the "
+                            "input as 'data' or as binary tensor data")
     datatype = tensor["datatype"]
+    if datatype in _V2_REFUSED:
+        raise ApiError(400, f"input datatype {datatype} is not accepted "
+                            f"({_V2_REFUSED[datatype]}): send UINT8 (or any integer type) "
+                            f"0-255, or FP32 (or any float type) 0-1")
     if datatype not in V2_DATATYPES:
         raise ApiError(400, f"input datatype must be one of {', '.join(V2_DATATYPES)}, got "
                             f"{datatype!r}")
@@ -468,25 +525,75 @@ def v2_tensor(tensor, served, max_images):
     if shape[0] < 0:
         raise ApiError(400, f"input shape must not be negative, got {shape}")
     check_count(shape[0], max_images)
-    values = _flat_values(tensor["data"])
     expected = shape[0] * c * h * w
-    if values.size != expected:
-        raise ApiError(400, f"input shape {shape} holds {expected} values but 'data' has "
-                            f"{values.size}")
-    if datatype == "FP32":
-        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if "binary_data_size" in params:
+        values = _binary_values(tensor, params["binary_data_size"], binary, shape, expected)
+    elif "data" not in tensor:
+        raise ApiError(400, "input tensor is missing 'data' (or a 'binary_data_size' "
+                            "parameter for binary tensor data)")
+    elif binary:
+        raise ApiError(400, f"the body has {len(binary):,} bytes after the JSON header but "
+                            f"the input declares no 'binary_data_size'")
+    else:
+        values = _flat_values(tensor["data"])
+        if values.size != expected:
+            raise ApiError(400, f"input shape {shape} holds {expected} values but 'data' "
+                                f"has {values.size}")
+    return _nchw(_pixels(values, datatype), shape, c, h, w, channels_last)
+
+
+def _binary_values(tensor, size, binary, shape, expected):
+    """The values of an input sent as binary tensor data, checked against the
+    declared shape and the bytes the body carries."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ApiError(400, f"input 'binary_data_size' must be a non-negative integer, got "
+                            f"{size!r}")
+    if binary is None:
+        raise ApiError(400, f"input 'binary_data_size' needs the {HEADER_LENGTH} header "
+                            f"(the length of the JSON part of the body)")
+    if "data" in tensor:
+        raise ApiError(400, "input has both 'data' and 'binary_data_size': send one")
+    datatype = tensor["datatype"]
+    dtype = np.dtype({**V2_INTEGER_TYPES, **V2_FLOAT_TYPES}[datatype])
+    need = expected * dtype.itemsize
+    if size != need:
+        raise ApiError(400, f"input 'binary_data_size' is {size:,} bytes but shape {shape} "
+                            f"of {datatype} takes {need:,} ({expected:,} values x "
+                            f"{dtype.itemsize} bytes)")
+    if size != len(binary):
+        raise ApiError(400, f"input 'binary_data_size' is {size:,} bytes but the body has "
+                            f"{len(binary):,} bytes after the JSON header "
+                            f"({HEADER_LENGTH})")
+    values = np.frombuffer(binary, dtype)
+    if datatype == "BF16":
+        values = (values.astype("<u4") << 16).view("<f4")
+    return values
+
+
+def _pixels(values, datatype):
+    """uint8 (integer datatypes, 0-255) or float32 (float datatypes, 0-1) of
+    the flat ``values`` (JSON numbers as float64, or binary data in its own
+    dtype), every value range-checked."""
+    if datatype in V2_FLOAT_TYPES:
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values < 0) | (values > 1)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ApiError(400, f"FP32 data must be finite numbers in [0, 1] (use UINT8 for "
-                                f"0-255), found {values[i]:g} at flat index {i}")
-        x = values.astype(np.float32)
-        return _nchw(x, shape, c, h, w, channels_last)
-    bad = ~np.isfinite(values) | (values < 0) | (values > 255) | (values != np.round(values))
+            raise ApiError(400, f"{datatype} data must be finite numbers in [0, 1] (use "
+                                f"UINT8 for 0-255), found {float(values[i]):g} at flat "
+                                f"index {i}")
+        return values.astype(np.float32)
+    if values.dtype.kind == "f":   # JSON numbers
+        bad = ~np.isfinite(values) | (values < 0) | (values > 255) \
+            | (values != np.round(values))
+    else:
+        bad = (values < 0) | (values > 255)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ApiError(400, f"UINT8 data must be integers in [0, 255], found {values[i]:g} "
-                            f"at flat index {i}")
-    return _nchw(values.astype(np.uint8), shape, c, h, w, channels_last)
+        found = f"{values[i]:g}" if values.dtype.kind == "f" else str(values[i])
+        raise ApiError(400, f"{datatype} data must be integers in [0, 255] (pixel values), "
+                            f"found {found} at flat index {i}")
+    return values.astype(np.uint8)
 
 
 def _nchw(flat, shape, c, h, w, channels_last):

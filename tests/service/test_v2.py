@@ -23,9 +23,13 @@ def infer_body(x, datatype="UINT8", shape=None, nested=False, **extra):
     return {"inputs": [tensor], **extra}
 
 
-def test_server_metadata_and_health(client):
+def test_server_metadata_and_health(app, client):
     body = client.get("/v2").get_json()
-    assert body == {"name": "cnn", "version": cnn.__version__, "extensions": []}
+    # model_repository is announced by its endpoints' presence
+    repository = any(r.rule == "/v2/repository/index" for r in app.url_map.iter_rules())
+    assert body == {"name": "cnn", "version": cnn.__version__,
+                    "extensions": ["binary_tensor_data", "classification",
+                                   *(["model_repository"] if repository else [])]}
     assert client.get("/v2/").status_code == 200
     assert client.get("/v2/health/live").get_json() == {"live": True}
     r = client.get("/v2/health/ready")
@@ -117,7 +121,11 @@ def test_infer_unknown_model(client):
     (lambda b: b["inputs"][0].update(shape="1,28,28"), "list of integers"),
     (lambda b: b["inputs"][0].update(shape=[0, 28, 28], data=[]), "empty batch"),
     (lambda b: b["inputs"][0].update(shape=[-1, 28, 28]), "negative"),
-    (lambda b: b["inputs"][0].update(datatype="FP64"), "datatype"),
+    (lambda b: b["inputs"][0].update(datatype="BOOL"), "datatype BOOL is not accepted"),
+    (lambda b: b["inputs"][0].update(datatype="BYTES"), "datatype BYTES is not accepted"),
+    (lambda b: b["inputs"][0].update(datatype="FP64"), "FP64 data must be finite"),
+    (lambda b: b["inputs"][0].update(datatype="INT8", data=[-1] + b["inputs"][0]["data"][1:]),
+     "INT8 data must be integers in [0, 255]"),
     (lambda b: b["inputs"][0].update(datatype="fp32"), "datatype"),
     (lambda b: b["inputs"][0].update(data=[300] + b["inputs"][0]["data"][1:]), "UINT8"),
     (lambda b: b["inputs"][0].update(data=[1.5] + b["inputs"][0]["data"][1:]), "UINT8"),
@@ -131,7 +139,17 @@ def test_infer_unknown_model(client):
     (lambda b: b["inputs"][0].pop("shape"), "missing 'shape'"),
     (lambda b: b["inputs"][0].update(name=5), "name"),
     (lambda b: b["inputs"][0].update(parameters=[]), "parameters"),
-    (lambda b: b["inputs"][0].update(parameters={"binary_data_size": 10}), "binary"),
+    (lambda b: b["inputs"][0].update(parameters={"binary_data_size": 10}),
+     "needs the Inference-Header-Content-Length header"),
+    (lambda b: b["inputs"][0].update(parameters={"shared_memory_region": "r"}),
+     "shared memory"),
+    (lambda b: b.update(parameters={"binary_data_output": "yes"}), "'binary_data_output'"),
+    (lambda b: b.update(outputs=[{"name": "labels", "parameters": {"classification": 2}}]),
+     "cannot be classified"),
+    (lambda b: b.update(outputs=[{"name": "probabilities",
+                                  "parameters": {"classification": -1}}]), "classification"),
+    (lambda b: b.update(outputs=[{"name": "probabilities",
+                                  "parameters": {"binary_data": 1}}]), "'binary_data'"),
     (lambda b: b.update(inputs=[]), "non-empty"),
     (lambda b: b.update(inputs=b["inputs"] * 2), "one input"),
     (lambda b: b.update(inputs=["x"]), "object"),
