@@ -65,7 +65,7 @@ import logging
 from flask import Flask, Request
 from werkzeug.datastructures import ImmutableMultiDict
 
-from service import api, auth, body, errors, metrics, openapi, v2, web
+from service import api, auth, body, errors, metrics, openapi, repository, v2, web
 from service.config import load_config
 from service.models import ModelRegistry
 
@@ -129,8 +129,11 @@ def create_app(test_config=None):
         settings["CNN_MODEL_DIR"], default=settings["CNN_DEFAULT_MODEL"],
         backend=settings["CNN_BACKEND"], threads=settings["CNN_THREADS"], logger=app.logger,
         on_failure=lambda name: m.load_failures.labels(name).inc(),
+        on_change=m.model_changed, state_dir=settings["CNN_STATE_DIR"],
         max_bytes=settings["CNN_MAX_MODEL_BYTES"]).load()
-    m.models_loaded.set(len(registry.models))
+    m.models_loaded.set(registry.served_count)
+    # after the fork (gunicorn calls create_app in each worker): one poller per worker
+    registry.start_polling(settings["CNN_RELOAD_INTERVAL"])
     app.extensions["cnn"] = ServiceState(registry, m,
                                          body.BodyBudget(settings["CNN_WORKER_BODY_BYTES"]))
 
@@ -149,6 +152,7 @@ def create_app(test_config=None):
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(v2.bp)
+    app.register_blueprint(repository.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     return app

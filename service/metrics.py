@@ -16,7 +16,12 @@
                                                   predicted ``class``
 ``cnn_model_load_failures_total``      counter    weights files that failed to load, by
                                                   ``model``
-``cnn_models_loaded``                  gauge      models this worker serves
+``cnn_models_loaded``                  gauge      model versions this worker serves
+``cnn_model_reloads_total``            counter    changes of the served models after start
+                                                  (service.models' hot reload and the
+                                                  repository API), by ``model`` and
+                                                  ``change``: added, replaced, removed,
+                                                  unloaded
 =====================================  =========  ==========================================
 
 Each app has its own CollectorRegistry, so tests can create many apps in one
@@ -58,8 +63,16 @@ class Metrics:
                                    "predicted class", ["model", "class"], registry=r)
         self.load_failures = Counter("cnn_model_load_failures", "Weights files that failed "
                                      "to load", ["model"], registry=r)
-        self.models_loaded = Gauge("cnn_models_loaded", "Models served by this worker",
-                                   registry=r, multiprocess_mode="livemax")
+        self.models_loaded = Gauge("cnn_models_loaded", "Model versions served by this "
+                                   "worker", registry=r, multiprocess_mode="livemax")
+        self.reloads = Counter("cnn_model_reloads", "Changes of the served models after "
+                               "start, by model and change (added, replaced, removed, "
+                               "unloaded)", ["model", "change"], registry=r)
+
+    def model_changed(self, name, change, loaded):
+        """service.models' on_change: count the change, update the gauge."""
+        self.reloads.labels(name, change).inc()
+        self.models_loaded.set(loaded)
 
     def record_predictions(self, endpoint, model_name, class_names, labels):
         self.images.labels(endpoint).observe(len(labels))

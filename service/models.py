@@ -35,12 +35,17 @@ Under gevent the pass itself runs in the worker's CPU thread
 writing answers meanwhile.
 """
 import collections
+import fcntl
 import hashlib
+import json
 import os
+import re
+import stat
 import threading
+import weakref
 
 from cnn.images import upload_policy
-from cnn.io import ModelFileError, load_model
+from cnn.io import ModelFileError, atomic_write, load_model
 from service.errors import ApiError
 from service.offload import run_blocking
 
@@ -102,17 +107,18 @@ class FifoLock:
 class ServedModel:
     """A loaded model with its lock and the facts the API reports about it."""
 
-    def __init__(self, name, path, model, lock=None):
+    def __init__(self, name, path, model, lock=None, version=None, file=None):
         self.name = name
         self.path = path
-        self.file = os.path.basename(path)
+        self.file = self.key = file or os.path.basename(path)   # relative to the folder
         self.model = model
         self.lock = lock if lock is not None else threading.Lock()
         meta = model.meta or {}
         self.meta = meta
         self.saved_at = meta.get("saved_at")
         self.format_version = meta.get("version")
-        self.version = str(self.saved_at or f"format-{self.format_version}")
+        # NAME/VERSION/model.npz: the folder's number; a flat NAME.npz: when it was saved
+        self.version = version or str(self.saved_at or f"format-{self.format_version}")
         self.input_shape = tuple(model.input_shape)
         self.num_classes = int(model.num_classes)
         names = model.class_names or [str(k) for k in range(self.num_classes)]
@@ -161,11 +167,13 @@ class ServedModel:
 
 
 class FailedModel:
-    def __init__(self, name, path, error):
+    """A weights file that is not served, and why (``file``: relative to the folder)."""
+
+    def __init__(self, name, file, error, version=None):
         self.name = name
-        self.path = path
-        self.file = os.path.basename(path)
+        self.file = self.key = file
         self.error = error
+        self.version = version
 
     def describe(self):
         return {"name": self.name, "file": self.file, "error": self.error}
@@ -179,9 +187,134 @@ def _sha256(path):
     return h.hexdigest()
 
 
+VERSION_FOLDER = re.compile(r"[1-9][0-9]{0,17}")   # Triton's: a positive integer
+VERSIONED_FILE = "model.npz"
+STATE_FILE = ".cnn-repository.json"                # hidden: never taken for a model
+STATE_LOCK = ".cnn-repository.lock"
+MAX_STATE_BYTES = 1 << 20
+
+# One weights file of the folder. key: the file relative to the models folder
+# ("tiny.npz", "digits/2/model.npz"), which names it in answers and logs;
+# version: the VERSION folder's name, None for a flat NAME.npz.
+Candidate = collections.namedtuple("Candidate", "key name version path signature")
+
+
+def _signature(st):
+    """What tells that a file changed: a new inode (the atomic rename cnn.train
+    does) or a rewrite in place (size, mtime, ctime)."""
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def scan_folder(directory):
+    """(candidates, conflicts, unreadable) of the models folder, from names and
+    stat() only (cheap enough to repeat every few seconds).
+
+    conflicts: (key, name, error) of files that cannot be served under their
+    name; unreadable: names whose version folder could not be listed (what they
+    serve is kept). Raises OSError when the folder itself cannot be read."""
+    with os.scandir(directory) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    candidates, conflicts, unreadable, flat = [], [], set(), []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir():
+                versions = _scan_versions(entry.name, entry.path)
+                candidates.extend(versions)
+                continue
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() == ".npz" and stem and entry.is_file():
+                flat.append((stem, entry, _signature(entry.stat())))
+        except OSError:   # keep what this name serves until it can be read again
+            unreadable.update((entry.name, os.path.splitext(entry.name)[0]))
+    names = {c.name for c in candidates}
+    for stem, entry, signature in flat:
+        if stem in names:
+            versioned = any(c.name == stem and c.version for c in candidates)
+            conflicts.append((entry.name, stem,
+                              f"{entry.name}: model {stem!r} is served from the folder "
+                              f"{stem}/ (its versions); remove one of the two"
+                              if versioned else
+                              f"another weights file is already served as {stem!r}"))
+            continue
+        names.add(stem)
+        candidates.append(Candidate(entry.name, stem, None, entry.path, signature))
+    candidates.sort(key=_order)
+    return candidates, conflicts, unreadable
+
+
+def _scan_versions(name, folder):
+    """The NAME/VERSION/model.npz files of one model folder (a version folder
+    without model.npz is not a version yet: it may be being filled)."""
+    found = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if not VERSION_FOLDER.fullmatch(entry.name):
+                continue
+            path = os.path.join(entry.path, VERSIONED_FILE)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(Candidate(f"{name}/{entry.name}/{VERSIONED_FILE}", name,
+                                       entry.name, path, _signature(st)))
+    return found
+
+
+def _order(item):
+    """Sort key of candidates, served and failed models: name, then version by value."""
+    version = item.version
+    return (item.name, int(version) if version and version.isdigit() else 0, item.key)
+
+
+def read_state_file(path):
+    """The set of model names the state file says are unloaded; FileNotFoundError
+    when there is none, ValueError when it is not one the service wrote."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+    try:
+        state = json.loads(data)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    unloaded = state.get("unloaded") if isinstance(state, dict) else None
+    if not isinstance(unloaded, list) or not all(isinstance(n, str) for n in unloaded):
+        raise ValueError('not {"unloaded": [model names]}')
+    return frozenset(unloaded)
+
+
+class _View:
+    """What a worker serves at one moment. A new view replaces the old one whole
+    (one attribute assignment), so a request reads a consistent set of models
+    and keeps the ServedModel it got while a newer view takes its place."""
+
+    def __init__(self, loaded=(), failed=(), candidates=(), unloaded=frozenset(),
+                 folder_error=None):
+        self.by_key = {m.key: m for m in sorted(loaded, key=_order)}
+        self.versions = {}     # name -> {version: ServedModel}, versions ascending
+        for served in self.by_key.values():
+            self.versions.setdefault(served.name, {})[served.version] = served
+        self.models = {name: list(v.values())[-1]         # the highest version
+                       for name, v in sorted(self.versions.items())}
+        self.failed = {f.key: f for f in sorted(failed, key=_order)}
+        self.candidates = {c.key: c for c in candidates}
+        self.unloaded = unloaded
+        self.folder_error = folder_error
+
+
 class ModelRegistry:
+    """The models of one worker, kept in step with the models folder.
+
+    ``refresh()`` compares the folder with what is served and loads what was
+    added or replaced (off the event loop), then publishes the new set at once;
+    ``start_polling(interval)`` calls it every ``interval`` seconds in a
+    background thread (a greenlet under gevent)."""
+
     def __init__(self, directory, default=None, backend=None, threads=None, logger=None,
-                 on_failure=None, max_bytes=None):
+                 on_failure=None, max_bytes=None, on_change=None, state_dir=None):
         self.directory = directory
         self.max_bytes = max_bytes   # per weights file; None: cnn.io.MAX_BYTES
         self.configured_default = default
@@ -189,46 +322,29 @@ class ModelRegistry:
         self.threads = threads
         self.logger = logger
         self.on_failure = on_failure or (lambda name: None)
+        # on_change(name, change, served_count) after start: added, replaced, removed, unloaded
+        self.on_change = on_change or (lambda name, change, count: None)
         self.lock = FifoLock()  # one forward pass at a time in this process, in arrival order
-        self.models = {}     # name -> ServedModel, sorted by name
-        self.failed = {}     # name -> FailedModel
-        self.folder_error = None
+        self.state_path = os.path.join(state_dir or directory, STATE_FILE)
+        self.reload_interval = 0
+        self._loaded = {}        # key -> (signature, ServedModel)
+        self._failed = {}        # key -> (signature, FailedModel)
+        self._unloaded = frozenset()
+        self._state_signature = None
+        self._last_problem = None
+        self._view = _View()
+        self._refresh_lock = threading.Lock()   # one refresh at a time (poller, /load)
+        self._stop = threading.Event()
+
+    models = property(lambda self: self._view.models, doc="name -> ServedModel (highest "
+                                                          "version), sorted by name")
+    failed = property(lambda self: self._view.failed, doc="key -> FailedModel")
+    folder_error = property(lambda self: self._view.folder_error)
 
     # -- loading --------------------------------------------------------------
     def load(self):
-        try:
-            entries = sorted(os.listdir(self.directory))
-        except OSError as exc:
-            self.folder_error = f"cannot read the models folder: {exc.strerror or exc}"
-            self._log("error", "cannot read the models folder %r: %s", self.directory,
-                      exc.strerror or exc)
-            return self
-        for entry in entries:
-            stem, ext = os.path.splitext(entry)
-            if ext.lower() != ".npz" or entry.startswith(".") or not stem:
-                continue
-            path = os.path.join(self.directory, entry)
-            if not os.path.isfile(path):
-                continue
-            if stem in self.models or stem in self.failed:
-                self._fail(stem, path, f"another weights file is already served as {stem!r}")
-                continue
-            try:
-                model = load_model(path, backend=self.backend, threads=self.threads,
-                                   max_bytes=self.max_bytes)
-                served = ServedModel(stem, path, model, self.lock)
-            except ModelFileError as exc:
-                self._fail(stem, path, f"{entry}: {exc.problem}")
-            except Exception:  # noqa: BLE001 - one bad file must not stop the rest
-                if self.logger is not None:
-                    self.logger.exception("unexpected error loading %s", path)
-                self._fail(stem, path, f"{entry}: could not be loaded (an unexpected "
-                                       f"error; the server log has the details)")
-            else:
-                self.models[stem] = served
-                self._log("info", "loaded model %r from %s (%s, %d parameters, backend %s, "
-                          "%s threads)", stem, path, served.version, served.num_params,
-                          model.backend, self.threads)
+        """The first look at the folder, in the calling thread (at start)."""
+        self.refresh(initial=True)
         if not self.models:
             self._log("error", "no model could be loaded from %r: the service is not ready",
                       self.directory)
@@ -238,15 +354,182 @@ class ModelRegistry:
                       ", ".join(self.models))
         return self
 
-    def _fail(self, name, path, error):
-        key = name if name not in self.failed and name not in self.models else path
-        self.failed[key] = FailedModel(name, path, error)
-        self._log("error", "cannot load model %r from %s: %s", name, path, error)
+    def refresh(self, initial=False, retry=()):
+        """Bring the served models in step with the folder and the state file.
+
+        A new or changed file is loaded before it is swapped in: until then the
+        old one answers, and if it fails the old one keeps answering (the
+        failure is listed). A file that failed is tried again once it changes,
+        or when its name is in ``retry`` (an explicit load)."""
+        with self._refresh_lock:
+            unloaded = self._read_state()
+            try:
+                candidates, conflicts, unreadable = scan_folder(self.directory)
+            except OSError as exc:
+                problem = f"cannot read the models folder: {exc.strerror or exc}"
+                if problem != self._last_problem:
+                    self._log("error", "cannot read the models folder %r: %s%s",
+                              self.directory, exc.strerror or exc,
+                              "" if initial or not self._loaded else
+                              " (serving the models already loaded)")
+                self._last_problem = problem
+                if initial or not self._loaded:
+                    self._view = _View(folder_error=problem, unloaded=unloaded)
+                return
+            self._last_problem = None
+            loaded, failed, changes = {}, {}, []
+            for c in candidates:
+                if c.name in unloaded:
+                    continue
+                old = self._loaded.get(c.key)
+                if old is not None:
+                    loaded[c.key] = old      # serves until its successor is loaded
+                    if old[0] == c.signature:
+                        continue
+                known = self._failed.get(c.key)
+                if known is not None and known[0] == c.signature and c.name not in retry:
+                    failed[c.key] = known
+                    continue
+                outcome = self._read_candidate(c) if initial else run_blocking(
+                    self._read_candidate, c)
+                if outcome is None:          # changed while being read: next time
+                    continue
+                served, error = outcome
+                if served is not None:
+                    loaded[c.key] = (c.signature, served)
+                    failed.pop(c.key, None)
+                    changes.append((served, "replaced" if old else "added"))
+                else:
+                    if old is not None:
+                        error += "; the previous file is still served"
+                    failed[c.key] = (c.signature, self._fail(c.name, c.key, error, c.version))
+            for key, name, error in conflicts:
+                known = self._failed.get(key)
+                failed[key] = known if known is not None and known[1].error == error else (
+                    None, self._fail(name, key, error))
+            for key, (signature, served) in self._loaded.items():
+                if key in loaded:
+                    continue
+                if served.name in unreadable:
+                    loaded[key] = (signature, served)
+                else:
+                    changes.append((served, "unloaded" if served.name in unloaded
+                                    else "removed"))
+            for key, known in self._failed.items():
+                if key not in failed and known[1].name in unreadable:
+                    failed[key] = known
+            self._loaded, self._failed, self._unloaded = loaded, failed, unloaded
+            self._view = _View([s for _, s in loaded.values()],
+                               [f for _, f in failed.values()], candidates, unloaded)
+            count = len(loaded)
+            for served, change in changes if not initial else ():
+                self._log("info", "model %r version %s: %s (%s)", served.name,
+                          served.version, change, served.file)
+                self.on_change(served.name, change, count)
+
+    def _read_candidate(self, c):
+        """(ServedModel, None) or (None, error); None when the file changed while
+        it was read (a copy still being written: looked at again next time)."""
+        try:
+            model = load_model(c.path, backend=self.backend, threads=self.threads,
+                               max_bytes=self.max_bytes)
+            outcome = (ServedModel(c.name, c.path, model, self.lock, version=c.version,
+                                   file=c.key), None)
+        except ModelFileError as exc:
+            outcome = (None, f"{c.key}: {exc.problem}")
+        except Exception:  # noqa: BLE001 - one bad file must not stop the rest
+            if self.logger is not None:
+                self.logger.exception("unexpected error loading %s", c.path)
+            outcome = (None, f"{c.key}: could not be loaded (an unexpected error; the "
+                             f"server log has the details)")
+        try:
+            if _signature(os.stat(c.path)) != c.signature:
+                return None
+        except OSError:
+            return None
+        if outcome[0] is not None:
+            served = outcome[0]
+            self._log("info", "loaded model %r version %s from %s (%d parameters, backend "
+                      "%s, %s threads)", c.name, served.version, c.path, served.num_params,
+                      served.model.backend, self.threads)
+        return outcome
+
+    def _read_state(self):
+        """The names unloaded through the repository API (service.repository),
+        re-read when the state file changed; a broken file is logged and the
+        last good state kept."""
+        try:
+            signature = _signature(os.stat(self.state_path))
+        except FileNotFoundError:
+            self._state_signature = None
+            return frozenset()
+        except OSError as exc:
+            signature = exc.strerror
+        if signature == self._state_signature:
+            return self._unloaded
+        self._state_signature = signature
+        try:
+            return read_state_file(self.state_path)
+        except (OSError, ValueError) as exc:
+            self._log("error", "ignoring the model repository state file %s: %s",
+                      self.state_path, getattr(exc, "strerror", None) or exc)
+            return self._unloaded
+
+    def set_unloaded(self, name, unloaded):
+        """Record in the state file, for every worker, that ``name`` is (or is no
+        longer) unloaded; then refresh this worker. OSError if the file cannot
+        be written. The state file is locked while it is read and rewritten, so
+        two workers changing it at once both count."""
+        folder = os.path.dirname(self.state_path) or "."
+        with open(os.path.join(folder, STATE_LOCK), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)    # released when the file is closed
+            try:
+                names = set(read_state_file(self.state_path))
+            except (FileNotFoundError, ValueError):
+                names = set()
+            if (name in names) != unloaded:
+                (names.add if unloaded else names.discard)(name)
+                text = json.dumps({"unloaded": sorted(names)}, indent=1) + "\n"
+                atomic_write(self.state_path, lambda f: f.write(text.encode()))
+        self._state_signature = None   # read it again even if its stat looks the same
+
+    def _fail(self, name, key, error, version=None):
+        failure = FailedModel(name, key, error, version)
+        self._log("error", "cannot load model %r from %s: %s", name,
+                  os.path.join(self.directory, key), error)
         self.on_failure(name)
+        return failure
 
     def _log(self, level, msg, *args):
         if self.logger is not None:
             getattr(self.logger, level)(msg, *args)
+
+    # -- polling --------------------------------------------------------------
+    def start_polling(self, interval):
+        """Call refresh() every ``interval`` seconds (0: never) in a daemon thread
+        (a greenlet under gevent's monkey-patching). The thread holds only a weak
+        reference: it ends with the registry (tests make many apps) or close()."""
+        self.reload_interval = interval
+        if interval <= 0:
+            return
+        ref, stop, logger = weakref.ref(self), self._stop, self.logger
+
+        def poll():
+            while not stop.wait(interval):
+                registry = ref()
+                if registry is None:
+                    return
+                try:
+                    registry.refresh()
+                except Exception:  # noqa: BLE001 - the next look may succeed
+                    if logger is not None:
+                        logger.exception("looking at the models folder failed")
+                del registry
+
+        threading.Thread(target=poll, name="cnn-model-poller", daemon=True).start()
+
+    def close(self):
+        self._stop.set()
 
     # -- queries --------------------------------------------------------------
     @property
@@ -257,37 +540,106 @@ class ModelRegistry:
 
     def not_ready_reason(self):
         """Why the service cannot serve its default model, or None when it can."""
-        if not self.models:
-            where = self.folder_error or "no loadable *.npz weights file in the models " \
-                                         "folder"
+        view = self._view
+        if not view.models:
+            if view.folder_error:
+                where = view.folder_error
+            elif any(c.name in view.unloaded for c in view.candidates.values()):
+                where = ("the models of the folder are unloaded (POST "
+                         "/v2/repository/models/NAME/load serves one again)")
+            else:
+                where = "no loadable *.npz weights file in the models folder"
             return f"no model is loaded: {where}"
-        if self.configured_default not in (None, *self.models):
-            return self._missing(self.configured_default, "CNN_DEFAULT_MODEL ")
+        if self.configured_default not in (None, *view.models):
+            return self.why_not_served(self.configured_default, "CNN_DEFAULT_MODEL ")
         return None
 
-    def _missing(self, name, what=""):
-        failures = [f for f in self.failed.values() if f.name == name]
+    def why_not_served(self, name, what="", version=None):
+        """Why ``name`` is not served: unloaded, failed to load, or not in the folder."""
+        view = self._view
+        if name in view.unloaded:
+            return (f"{what}model {name!r} is unloaded (POST /v2/repository/models/{name}/"
+                    f"load serves it again)")
+        failures = [f for f in view.failed.values() if f.name == name
+                    and (version is None or f.version == version)]
         if failures:
-            return f"{what}model {name!r} failed to load: {failures[0].error}"
+            return f"{what}model {name!r} failed to load: {failures[-1].error}"
         return f"{what}model {name!r} is not in the models folder"
 
-    def get(self, name=None):
-        """The ServedModel called ``name`` (None: the default), or raise ApiError
-        404 (unknown name) / 503 (known but not loaded, or no model at all)."""
+    def get(self, name=None, version=None):
+        """The ServedModel called ``name`` (None: the default) at ``version``
+        (None: the highest served), or raise ApiError 404 (unknown name or
+        version) / 503 (known but not loaded or unloaded, or no model at all)."""
+        view = self._view
         if name is None:
             reason = self.not_ready_reason()
             if reason:
                 raise ApiError(503, reason)
-            return self.models[self.default_name]
-        if name in self.models:
-            return self.models[name]
-        if any(f.name == name for f in self.failed.values()):
-            raise ApiError(503, self._missing(name))
-        raise ApiError(404, f"unknown model {name!r}", available=list(self.models))
+            name = self.default_name
+        versions = view.versions.get(name)
+        if versions is not None:
+            if version is None:
+                return view.models[name]
+            if version in versions:
+                return versions[version]
+            if any(f.name == name and f.version == version for f in view.failed.values()):
+                raise ApiError(503, self.why_not_served(name, version=version))
+            raise ApiError(404, f"model {name!r} has no version {version!r} (served "
+                                f"version{'s' if len(versions) > 1 else ''}: "
+                                f"{', '.join(map(repr, versions))})")
+        if name in view.unloaded and any(c.name == name for c in view.candidates.values()) \
+                or any(f.name == name for f in view.failed.values()):
+            raise ApiError(503, self.why_not_served(name))
+        raise ApiError(404, f"unknown model {name!r}", available=list(view.models))
+
+    @property
+    def served_count(self):
+        """How many model versions are served."""
+        return len(self._view.by_key)
+
+    def versions(self, name):
+        """The served versions of ``name``, lowest first."""
+        return list(self._view.versions.get(name, ()))
+
+    def in_folder(self, name):
+        """Whether the last look at the folder found weights files for ``name``."""
+        view = self._view
+        return any(c.name == name for c in view.candidates.values()) or any(
+            f.name == name for f in view.failed.values())
 
     def describe(self):
+        view = self._view
         default = self.default_name
         return {"default": default,
-                "models": [m.describe(default=(m.name == default))
-                           for m in self.models.values()],
-                "failed": [f.describe() for f in self.failed.values()]}
+                "models": [m.describe(default=(m.name == default
+                                               and m is view.models[m.name]))
+                           for m in view.by_key.values()],
+                "failed": [f.describe() for f in view.failed.values()]}
+
+    def index(self, ready_only=False):
+        """Triton's repository index: every model version of the folder with its
+        state (READY, UNAVAILABLE) and, when not ready, the reason."""
+        view = self._view
+        entries = {}
+        for c in view.candidates.values():
+            entries[c.key] = {"name": c.name, "version": c.version, "state": "UNAVAILABLE",
+                              "reason": "unloaded" if c.name in view.unloaded
+                              else "not loaded yet"}
+        for key, f in view.failed.items():
+            entries[key] = {"name": f.name, "version": f.version, "state": "UNAVAILABLE",
+                            "reason": f.error}
+        for key, served in view.by_key.items():
+            entry = {"name": served.name, "version": served.version, "state": "READY"}
+            if key in view.failed:      # a newer file failed, this one still answers
+                entry["reason"] = view.failed[key].error
+            entries[key] = entry
+        rows = []
+        for key in sorted(entries, key=lambda k: _order(_Keyed(k, **entries[k]))):
+            entry = {k: v for k, v in entries[key].items() if v is not None}
+            if not ready_only or entry["state"] == "READY":
+                rows.append(entry)
+        return rows
+
+
+_Keyed = collections.namedtuple("_Keyed", "key name version state reason",
+                                defaults=(None,))

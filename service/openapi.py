@@ -20,6 +20,7 @@ import copy
 from flask import Blueprint, jsonify
 
 import cnn
+from service import repository
 
 bp = Blueprint("openapi", __name__)
 
@@ -438,6 +439,7 @@ def _document():
             "503": _json(_ref("V2Ready"), "Not ready; `error` says why.")},
             security=_OPEN),
         **_v2_paths(),
+        **repository.openapi_paths(),
     }
     paths["/v2/"]["get"]["operationId"] = "v2ServerMetadataSlash"
     return {

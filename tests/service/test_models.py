@@ -57,7 +57,7 @@ def test_good_and_corrupt_files(make_app, models_dir):
 def test_wrong_kind_of_npz(make_app, models_dir):
     np.savez(models_dir / "plain.npz", a=np.zeros(3))
     info = make_app(models_dir).test_client().get("/models").get_json()
-    assert "no __meta__ member" in info["failed"][0]["error"]
+    assert "__meta__ member" in info["failed"][0]["error"]
 
 
 def test_empty_models_folder(make_app, tmp_path):
