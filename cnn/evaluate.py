@@ -5,28 +5,40 @@ test split of Fashion-MNIST (or any MNIST-format IDX folder, image folder or
 Keras-layout .npz, ``--data-dir``). For an image folder the weights file's
 record gives the decode settings and the split: without a test/ folder,
 exactly the images training held out are evaluated (checked by their digest).
-Prints the overall accuracy, the test loss (mean cross-entropy), the accuracy
-of each class and the confusion matrix (rows: true class, columns: predicted
-class); ``--json`` prints the same as one JSON object.
+Prints the overall accuracy, the test loss (mean cross-entropy), each class's
+recall (its accuracy), precision and F1 with their macro and weighted averages
+(as scikit-learn's ``classification_report``), and the confusion matrix (rows:
+true class, columns: predicted class); ``--json`` prints the same as one JSON
+object, ``--plot PATH`` draws the confusion matrix as a PNG. An IDX folder needs
+only its two test files (``t10k-images``, ``t10k-labels``): evaluating reads
+nothing else.
 
 Exit codes: 0 on success, 2 for bad input (missing or corrupt weights file,
-missing data, a model that does not fit the dataset, bad arguments).
+missing data, a model that does not fit the dataset, bad arguments), 74 when
+the plot cannot be written (the earlier file, if any, is left whole).
 """
 import argparse
+import io
 import json
 import math
+import os
 import sys
+import tempfile
 
 import numpy as np
 
 from cnn import __version__, get_num_threads
 from cnn.backends import BackendUnavailable, get_backend
 from cnn.data import DataError
+from cnn.data import DATA_DIR_ENV, DEFAULT_DATA_DIR, load_dataset
 from cnn.datasets import input_shape_of, load_data
-from cnn.io import ModelFileError, load_model
+from cnn.datasets.folder import is_image_folder
+from cnn.datasets.idx import is_idx_folder, is_idx_test_folder
+from cnn.io import ModelFileError, atomic_write, load_model
 from cnn._cli import fail as _fail, positive_int
 
 PROG = "cnn.evaluate"
+IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
 
 
 def build_parser():
@@ -48,6 +60,9 @@ def build_parser():
                    help="kernel threads (default: CNN_NUM_THREADS, else all cores)")
     p.add_argument("--json", action="store_true",
                    help="print the results as one JSON object")
+    p.add_argument("--plot", metavar="PATH", default=None,
+                   help="also draw the confusion matrix as a PNG image at PATH (.png is "
+                        "added when PATH has no suffix)")
     return p
 
 
@@ -81,16 +96,42 @@ def evaluate(model, images, labels, batch_size=256):
             "correct": correct, "total": n, "predictions": pred, "confusion": confusion}
 
 
+def _ratio(num, den):
+    return num / den if den else None
+
+
 def per_class(confusion, class_names):
+    """Each class's counts, accuracy (= recall), precision and F1, from ``confusion``
+    (rows true, columns predicted). A ratio with nothing to count is None: precision
+    of a class never predicted, recall of a class absent from the test set, F1 of
+    a class that is neither."""
     rows = []
     for k, name in enumerate(class_names):
         total = int(confusion[k].sum())
         correct = int(confusion[k, k])
         predicted = int(confusion[:, k].sum())
+        recall = _ratio(correct, total)
         rows.append({"label": k, "class": name, "correct": correct, "total": total,
-                     "accuracy": correct / total if total else None,
-                     "precision": correct / predicted if predicted else None})
+                     "predicted": predicted, "accuracy": recall,
+                     "precision": _ratio(correct, predicted), "recall": recall,
+                     # 2PR/(P+R) written with counts: defined whenever either is
+                     "f1": _ratio(2 * correct, total + predicted)})
     return rows
+
+
+def averages(rows):
+    """Macro (each class alike) and weighted (by test images of the class) means of
+    precision, recall and F1. An undefined ratio counts as 0, as in scikit-learn
+    (``zero_division=0``), so a class the model never predicts pulls the mean down."""
+    total = sum(r["total"] for r in rows)
+    out = {}
+    for kind, weights in (("macro", [1] * len(rows)), ("weighted", [r["total"] for r in rows])):
+        norm = sum(weights)
+        out[kind] = {metric: (sum(w * (r[metric] or 0.0) for w, r in zip(weights, rows)) / norm
+                              if norm else None)
+                     for metric in ("precision", "recall", "f1")}
+        out[kind]["support"] = total
+    return out
 
 
 def format_confusion(confusion, class_names):
@@ -119,19 +160,100 @@ def format_report(report):
              f"{report['total']:,})",
              f"test loss: {report['loss']:.4f}" if report["loss"] is not None
              else "test loss: n/a",
-             "", "per-class accuracy:"]
+             "", "per-class accuracy (recall), precision and F1:"]
     rows = report["per_class"]
-    name_w = max(len(r["class"]) for r in rows)
+    label_w = len(str(len(rows) - 1))
+    name_w = max(max(len(r["class"]) for r in rows) + label_w + 1, len("weighted average"))
     num_w = len(str(max(r["total"] for r in rows)))
+    count_w = max(2 * num_w + 1, len("correct/images"))
+
+    def number(value):
+        return f"{value:>9.4f}" if value is not None else f"{'n/a':>9}"
+    lines.append(f"  {'':<{name_w}}  {'recall':>9}{'precision':>10}{'f1':>9}  "
+                 f"{'correct/images':>{count_w}}")
     for r in rows:
-        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "   n/a"
-        lines.append(f"  {r['label']:>{len(str(len(rows) - 1))}} {r['class']:<{name_w}}  "
-                     f"{acc}  ({r['correct']:>{num_w}}/{r['total']:>{num_w}})")
+        name = f"{r['label']:>{label_w}} {r['class']}"
+        counts = f"{r['correct']}/{r['total']}"
+        lines.append(f"  {name:<{name_w}}  {number(r['recall'])} {number(r['precision'])}"
+                     f"{number(r['f1'])}  {counts:>{count_w}}")
+    for kind in ("macro", "weighted"):
+        a = report["averages"][kind]
+        lines.append(f"  {kind + ' average':<{name_w}}  {number(a['recall'])} "
+                     f"{number(a['precision'])}{number(a['f1'])}")
     lines += ["", "confusion matrix (rows: true class, columns: predicted class):"]
     confusion = np.array(report["confusion_matrix"], dtype=np.int64)
     lines += ["  " + line for line in
               format_confusion(confusion, [r["class"] for r in rows]).splitlines()]
     return "\n".join(lines)
+
+
+def confusion_figure(confusion, class_names, title):
+    """The confusion matrix as a matplotlib Figure: rows the true class, columns the
+    predicted one, counts in the cells. No pyplot (no global backend or state).
+    The figure grows with the classes up to 24 inches (2,400 px): beyond 30 classes
+    the cells are left unlabelled and beyond 60 only every n-th class is named."""
+    from matplotlib.figure import Figure
+    K = len(class_names)
+    size = min(4 + 0.5 * K, 24)
+    fig = Figure(figsize=(size + 1.5, size), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(confusion, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    step = max(1, math.ceil(K / 60))
+    ticks = list(range(0, K, step))
+    ax.set_xticks(ticks, [class_names[k] for k in ticks], rotation=45, ha="right",
+                  rotation_mode="anchor")
+    ax.set_yticks(ticks, [class_names[k] for k in ticks])
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    if K <= 30:
+        threshold = confusion.max() / 2 if confusion.size else 0
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, f"{int(count)}", ha="center", va="center", fontsize=9,
+                    color="white" if count > threshold else "black")
+    return fig
+
+
+def plot_confusion(confusion, class_names, title):
+    """PNG bytes of :func:`confusion_figure`."""
+    buf = io.BytesIO()
+    confusion_figure(confusion, class_names, title).savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plot_path(path):
+    """``path`` with .png added when it has no suffix; ValueError naming the
+    problem when a PNG cannot be written there (checked before evaluating)."""
+    if not os.path.splitext(path)[1]:
+        path += ".png"
+    elif not path.lower().endswith(".png"):
+        raise ValueError(f"{path!r}: the plot is a PNG image; give a path ending in .png")
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder; give a file name such as "
+                         f"{os.path.join(path, 'confusion.png')!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):   # as atomic_write will (os.access lies for root)
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write in {folder!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def load_test_data(data_dir, settings, split, cache_dir):
+    """The dataset to evaluate on. An IDX folder is read through its two test files
+    only (it may lack the training ones, and 60,000 training images would be read
+    for nothing); other sources as training reads them, with the decode settings
+    and split the weights file recorded."""
+    path = os.fspath(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    if os.path.isdir(path) and (is_idx_test_folder(path) or is_idx_folder(path)
+                                or not is_image_folder(path)):
+        return load_dataset(path, test_only=True)   # or its "missing test files" message
+    return load_data(path, image_size=settings.get("image_size"),
+                     channels=settings.get("channels"),
+                     test_fraction=split.get("test_fraction") or 0.1,
+                     seed=split.get("seed") or 0, cache_dir=cache_dir,
+                     log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
 
 
 def main(argv=None):
@@ -140,6 +262,11 @@ def main(argv=None):
         get_backend(args.backend)
     except (BackendUnavailable, ValueError) as exc:
         return fail(f"--backend: {exc}")
+    if args.plot is not None:
+        try:
+            args.plot = plot_path(args.plot)
+        except ValueError as exc:
+            return fail(f"--plot: {exc}")
     try:
         model = load_model(args.model, backend=args.backend, threads=args.threads)
     except ModelFileError as exc:
@@ -147,11 +274,7 @@ def main(argv=None):
     record = (getattr(model, "summary_info", None) or {}).get("data") or {}
     settings, split = record.get("settings") or {}, record.get("split") or {}
     try:
-        data = load_data(args.data_dir, image_size=settings.get("image_size"),
-                         channels=settings.get("channels"),
-                         test_fraction=split.get("test_fraction") or 0.1,
-                         seed=split.get("seed") or 0, cache_dir=args.cache_dir,
-                         log=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+        data = load_test_data(args.data_dir, settings, split, args.cache_dir)
     except DataError as exc:
         return fail(f"--data-dir: {exc}" if args.data_dir else str(exc))
     held_out = (getattr(data, "meta", None) or {}).get("split", {}).get("test_sha256")
@@ -192,10 +315,23 @@ def main(argv=None):
         "confusion_matrix": confusion.tolist(),
         "cnn_version": __version__,
     }
+    report["averages"] = averages(report["per_class"])
+    if args.plot is not None:
+        accuracy = "n/a" if report["accuracy"] is None else f"{report['accuracy']:.4f}"
+        title = (f"{os.path.basename(args.model)} ({model.name}): test accuracy {accuracy} "
+                 f"on {report['total']:,} {data.name} images")
+        png = plot_confusion(confusion, class_names, title)
+        try:
+            atomic_write(args.plot, lambda f: f.write(png))
+        except OSError as exc:
+            return fail(f"--plot: cannot write {args.plot}: {exc.strerror or exc}", IO_ERROR)
+        report["plot"] = args.plot
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))
+        if args.plot is not None:
+            print(f"\nconfusion matrix plot: {args.plot}")
     return 0
 
 

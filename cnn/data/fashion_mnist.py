@@ -3,7 +3,9 @@
 Finds the four IDX files in the folder (either naming, gzipped or not), reads
 the class names from ``classes.txt`` when there is one, and checks images and
 labels against each other before returning a :class:`Dataset`. Every missing
-file names what to install or pass (:data:`INSTALL_HINT`).
+file names what to install or pass (:data:`INSTALL_HINT`). Evaluating needs only
+the test split: ``load_dataset(DIR, test_only=True)`` reads the two ``t10k``
+files alone (a folder may hold just those) and leaves the training arrays empty.
 """
 import os
 from pathlib import Path
@@ -102,7 +104,7 @@ def _check_images(path, images, what):
     return images
 
 
-def load_dataset(data_dir=None):
+def load_dataset(data_dir=None, test_only=False):
     """Load an MNIST-format IDX folder (Fashion-MNIST by default) as a :class:`Dataset`.
 
     ``data_dir`` None means env ``CNN_DATA_DIR``, else :data:`DEFAULT_DATA_DIR`.
@@ -110,6 +112,10 @@ def load_dataset(data_dir=None):
     ``t10k-labels`` IDX files (see :func:`find_idx_file` for the names). Class
     names are :data:`FASHION_MNIST_CLASSES` unless the folder has a
     ``classes.txt`` with one name per line (e.g. "0".."9" for digit MNIST).
+
+    ``test_only`` reads only the two ``t10k`` files (what evaluating needs): the
+    folder may lack the training files, and the dataset's training images and
+    labels are empty, (0, H, W) and (0,), with H and W those of the test images.
 
     Returns images (N, H, W) uint8 and labels (N,) int64. Raises
     :class:`DataError` when a file is missing or malformed, the image and label
@@ -124,15 +130,22 @@ def load_dataset(data_dir=None):
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} is not a folder: {INSTALL_HINT}")
 
+    parts = [p for p in _PARTS if p[0] == "t10k"] if test_only else _PARTS
     paths, missing = {}, []
-    for split, kind, ndim in _PARTS:
+    for split, kind, ndim in parts:
         p = find_idx_file(folder, split, kind)
         if p is None:
-            missing.append(" or ".join(_candidates(split, kind, ndim)[::2]) + " [.gz]")
+            missing.append((split, " or ".join(_candidates(split, kind, ndim)[::2]) + " [.gz]"))
         paths[split, kind] = p
     if missing:
-        raise DataError(f"dataset folder {folder} is missing {len(missing)} of the 4 IDX "
-                        f"files: {'; '.join(missing)}. To get them: {INSTALL_HINT}")
+        what = "test IDX files" if test_only else "IDX files"
+        # Only the training files missing: say that evaluating would work.
+        note = (" (training needs all four; python -m cnn.evaluate needs only the two "
+                "t10k files)" if not test_only and {s for s, _ in missing} == {"train"}
+                else "")
+        raise DataError(f"dataset folder {folder} is missing {len(missing)} of the "
+                        f"{len(parts)} {what}: {'; '.join(m for _, m in missing)}{note}. "
+                        f"To get them: {INSTALL_HINT}")
 
     classes_path = folder / CLASSES_FILE
     if classes_path.is_file():
@@ -142,7 +155,7 @@ def load_dataset(data_dir=None):
     K = len(class_names)
 
     out = {}
-    for split in ("train", "t10k"):
+    for split in ("t10k",) if test_only else ("train", "t10k"):
         word = "train" if split == "train" else "test"
         ip, lp = paths[split, "images"], paths[split, "labels"]
         images = _check_images(ip, read_idx(ip), f"{word} images")
@@ -151,7 +164,9 @@ def load_dataset(data_dir=None):
             raise DataError(f"{word} images has {images.shape[0]} items but {word} labels "
                             f"has {labels.shape[0]} ({ip} vs {lp})")
         out[word] = images, labels
-    (trx, try_), (tex, tey) = out["train"], out["test"]
+    tex, tey = out["test"]
+    trx, try_ = out.get("train") or (np.empty((0, *tex.shape[1:]), np.uint8),
+                                     np.empty(0, np.int64))
     if trx.shape[1:] != tex.shape[1:]:
         raise DataError(f"train images are {trx.shape[1]}x{trx.shape[2]} "
                         f"({paths['train', 'images']}) but test images are "
