@@ -7,7 +7,11 @@ through ``tojson``), so the page is right without a second request and the
 menu needs no script to fill it. Upload or drop image files (posted to
 /predict), or, for a grayscale model only, draw on a 280x280 canvas (white
 strokes on black, like Fashion-MNIST; the server downscales it as any image);
-the page shows the top classes. Model and class names come from weights files,
+the page shows the top classes as bars sized by probability. It posts with
+``?partial=true``, so one unreadable file does not cost the others: it gets
+a card of its own with the server's reason, in upload order. The top-k input
+is bounded by the selected model's class count (1..K), as the server's
+``top_k`` check is. Model and class names come from weights files,
 so they are never trusted as markup: Jinja autoescapes them in HTML, ``tojson``
 escapes ``<``, ``>``, ``&`` and ``'`` inside the script, and the script inserts
 text with ``textContent`` only. Scripts run under a Content-Security-Policy with

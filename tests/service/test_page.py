@@ -82,6 +82,7 @@ def test_grayscale_model_page_offers_the_canvas(client):
     assert page.text["classes"].startswith("Classes: T-shirt/top, Trouser, Pullover,")
     assert "hidden" not in page.attrs["draw-panel"] and "canvas" in page.tags
     assert page.text["draw-hint"] == ", or draw one,"
+    assert (page.attrs["topk"]["min"], page.attrs["topk"]["max"]) == ("1", "10")
 
 
 def test_colour_model_page_offers_upload_only(make_app, colour_dir):
@@ -91,6 +92,7 @@ def test_colour_model_page_offers_upload_only(make_app, colour_dir):
     assert page.text["input"] == "Input: 16x16 colour images"
     assert page.text["classes"] == "Classes: cat, dog, bird"
     assert "hidden" in page.attrs["draw-panel"] and page.text["draw-hint"] == ""
+    assert (page.attrs["topk"]["max"], page.attrs["topk"]["value"]) == ("3", "3")  # 3 classes
     assert page.attrs["upload-form"]["action"] == "/predict" and "grayscale" not in html
     assert "Fashion-MNIST" not in html and "Trouser" not in html
 
@@ -147,13 +149,14 @@ def test_picking_a_model_updates_the_page(make_app, colour_dir, tmp_path):
     }
     global.document = {getElementById: id => els[id] || (els[id] = element()),
                        createElement: element};
+    document.getElementById("topk").value = "8";
     eval(require("fs").readFileSync(0, "utf8"));
     const seen = {};
     for (const name of ["gray", "pets"]) {
       els.model.value = name; els.model.handlers.change();
       seen[name] = [els.title.textContent, document.title, els.input.textContent,
                     els.classes.textContent, els["draw-panel"].hidden,
-                    els["draw-hint"].textContent];
+                    els["draw-hint"].textContent, els.topk.max, els.topk.value];
     }
     console.log(JSON.stringify(seen));
     """
@@ -163,9 +166,11 @@ def test_picking_a_model_updates_the_page(make_app, colour_dir, tmp_path):
     assert seen["gray"][:3] == ["gray classifier", "cnn: gray classifier",
                                 "Input: 28x28 grayscale images"]
     assert seen["gray"][3].startswith("Classes: T-shirt/top, Trouser,")
-    assert seen["gray"][4:] == [False, ", or draw one,"]
+    assert seen["gray"][4:] == [False, ", or draw one,", "10", "8"]
+    # top-k is bounded by the model's 3 classes: 8 becomes 3
     assert seen["pets"] == ["pets classifier", "cnn: pets classifier",
-                            "Input: 16x16 colour images", "Classes: cat, dog, bird", True, ""]
+                            "Input: 16x16 colour images", "Classes: cat, dog, bird", True, "",
+                            "3", "3"]
 
 
 def test_colour_model_metadata(make_app, colour_dir):
