@@ -273,8 +273,8 @@ def _inflate(data, wbits, limit):
         if not inflater.eof:
             raise zlib.error("the compressed data ends before its end marker")
         data = inflater.unused_data
-        if not data or wbits != 16 + zlib.MAX_WBITS:
-            break
+        if not data.startswith(b"\x1f\x8b") or wbits != 16 + zlib.MAX_WBITS:
+            break                            # (another gzip member starts with its magic)
     if data:
         raise zlib.error(f"{len(data):,} bytes of other data after the compressed data")
     return b"".join(out)

@@ -1,7 +1,9 @@
 """service.body in-process (the Flask test client): the per-worker body budget,
 bodies of unroutable requests left unread, Content-Length checks. The framing
 and timeout cases need a real server: tests/service/test_slow_clients.py."""
+import gzip
 import io
+import zlib
 
 import pytest
 
@@ -76,3 +78,91 @@ def test_a_bad_content_length_is_400(client, value):
 def test_tokens_headers_cannot_carry_are_refused_at_start(make_app, models_dir, token):
     with pytest.raises(ValueError, match="CNN_API_TOKEN"):
         make_app(models_dir, CNN_API_TOKEN=token)
+
+
+# --------------------------------------------------------------------------
+# Content-Encoding: gzip / deflate bodies, decompressed within the limit.
+
+def compressed(data, coding):
+    if coding in ("gzip", "x-gzip"):
+        return gzip.compress(data)
+    if coding == "deflate":
+        return zlib.compress(data)
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)         # raw deflate, no zlib header
+    return raw.compress(data) + raw.flush()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate", "raw deflate"])
+def test_compressed_bodies_are_decompressed(client, app, coding):
+    body = npy_batch(3, fill=200)
+    plain = client.post("/predict", data=body, content_type=NPY).get_json()
+    header = "deflate" if coding == "raw deflate" else coding
+    r, _ = post(client, "/predict", compressed(body, coding), **{"Content-Encoding": header})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == plain
+    assert app.extensions["cnn"].body_budget.held == 0
+
+
+class InflateSpy:
+    """zlib.decompressobj, recording how many bytes it inflated."""
+
+    produced = 0
+    real = zlib.decompressobj
+
+    def __init__(self, *args):
+        self.inner = InflateSpy.real(*args)
+
+    def decompress(self, data, max_length=0):
+        out = self.inner.decompress(data, max_length)
+        InflateSpy.produced += len(out)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_gzip_bomb_is_refused_after_inflating_at_most_the_limit(make_app, models_dir,
+                                                                  monkeypatch):
+    import service.body
+    monkeypatch.setattr(service.body.zlib, "decompressobj", InflateSpy)
+    app = make_app(models_dir, CNN_MAX_CONTENT_LENGTH=MiB, CNN_WORKER_BODY_BYTES=2 * MiB)
+    bomb = gzip.compress(bytes(256 * MiB), compresslevel=9)     # 250 KB
+    assert len(bomb) < MiB
+    r, _ = post(app.test_client(), "/predict", bomb, **{"Content-Encoding": "gzip"})
+    assert r.status_code == 413
+    assert "once decompressed" in r.get_json()["error"]
+    assert "CNN_MAX_CONTENT_LENGTH" in r.get_json()["error"]
+    assert InflateSpy.produced <= MiB + 1
+    assert app.extensions["cnn"].body_budget.held == 0
+
+
+def test_inflate_stops_at_the_limit_exactly():
+    from service.body import _inflate
+    gz = 16 + zlib.MAX_WBITS
+    data = bytes(range(256)) * 40
+    assert _inflate(gzip.compress(data), gz, len(data)) == data
+    assert _inflate(gzip.compress(data), gz, len(data) - 1) is None
+    # concatenated gzip members (gzip.decompress reads them all) count together
+    two = gzip.compress(data) + gzip.compress(data)
+    assert _inflate(two, gz, 2 * len(data)) == data + data
+    assert _inflate(two, gz, 2 * len(data) - 1) is None
+
+
+@pytest.mark.parametrize("body, coding, needle", [
+    (b"\x1f\x8b\x08\x00garbage", "gzip", "not valid gzip data"),
+    (gzip.compress(npy_batch(1))[:-20], "gzip", "ends before its end marker"),
+    (gzip.compress(npy_batch(1)) + b"junk", "gzip", "other data after"),
+    (zlib.compress(npy_batch(1)) + b"junk", "deflate", "other data after"),
+    (b"not deflate at all", "deflate", "not valid deflate data"),
+])
+def test_bad_compressed_bodies_are_400(client, body, coding, needle):
+    r, _ = post(client, "/predict", body, **{"Content-Encoding": coding})
+    assert r.status_code == 400 and needle in r.get_json()["error"], r.get_json()
+
+
+def test_other_content_codings_are_415_before_the_body_is_read(client):
+    r, stream = post(client, "/predict", b"\0" * MiB, **{"Content-Encoding": "br"})
+    assert r.status_code == 415 and "'br'" in r.get_json()["error"]
+    assert stream.taken == 0
+    r, _ = post(client, "/predict", npy_batch(1), **{"Content-Encoding": "identity"})
+    assert r.status_code == 200

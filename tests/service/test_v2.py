@@ -1,4 +1,8 @@
 """Open Inference Protocol (KServe V2) REST endpoints."""
+import gzip
+import json
+import zlib
+
 import numpy as np
 import pytest
 
@@ -201,3 +205,173 @@ def test_a_colour_model_is_served_through_v2(make_app, tmp_path):
     assert r.status_code == 200, r.get_json()
     proba = np.asarray(r.get_json()["outputs"][0]["data"], np.float32).reshape(4, 3)
     assert np.allclose(proba, load_model(folder / "col.npz").predict_proba(x), atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# The binary tensor data extension, datatypes, classification, compression
+# (by hand here; tests/service/test_tritonclient.py drives them with tritonclient).
+
+def binary_infer(client, raw, datatype="UINT8", shape=(1, 28, 28), header=None,
+                 size=None, url="/v2/models/tiny/infer", **headers):
+    """POST a JSON header plus raw tensor bytes, as tritonclient sends them."""
+    request = {"inputs": [{"name": "input", "shape": list(shape), "datatype": datatype,
+                           "parameters": {"binary_data_size": len(raw) if size is None
+                                          else size}}]}
+    head = json.dumps(request).encode()
+    headers.setdefault("Inference-Header-Content-Length",
+                       str(len(head)) if header is None else header)
+    return client.post(url, data=head + raw, headers=headers)
+
+
+def split_answer(response):
+    """(JSON header, raw bytes) of a binary answer."""
+    assert response.mimetype == "application/octet-stream"
+    n = int(response.headers["Inference-Header-Content-Length"])
+    data = response.get_data()
+    return json.loads(data[:n]), data[n:]
+
+
+@pytest.mark.parametrize("datatype, dtype, scale", [
+    ("UINT8", "u1", 1), ("UINT16", "<u2", 1), ("UINT32", "<u4", 1), ("UINT64", "<u8", 1),
+    ("INT8", "i1", None), ("INT16", "<i2", 1), ("INT32", "<i4", 1), ("INT64", "<i8", 1),
+    ("FP16", "<f2", 255), ("FP32", "<f4", 255), ("FP64", "<f8", 255), ("BF16", None, 255)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_every_numeric_datatype_is_pixels(client, tiny_model, datatype, dtype, scale, binary):
+    x = random_images(2, seed=30)
+    if datatype == "INT8":                 # 0-127 only fits
+        x = x // 2
+    if datatype == "BF16":                 # values BF16 holds exactly: k/256 (k < 256)
+        pixels = x.astype(np.float32) / 256
+        raw = (pixels.view("<u4") >> 16).astype("<u2").tobytes()
+    elif scale == 1:
+        pixels = x
+        raw = x.astype(dtype).tobytes()
+    else:
+        pixels = (x / 255.0).astype(dtype).astype(np.float32)
+        raw = (x / 255.0).astype(dtype).tobytes()
+    if binary:
+        r = binary_infer(client, raw, datatype, shape=(2, 28, 28))
+    else:
+        r = client.post("/v2/models/tiny/infer", json={"inputs": [
+            {"name": "input", "shape": [2, 28, 28], "datatype": datatype,
+             "data": pixels.ravel().tolist()}]})
+    assert r.status_code == 200, r.get_json()
+    probs = np.asarray(r.get_json()["outputs"][0]["data"], np.float32).reshape(2, 10)
+    np.testing.assert_allclose(probs, tiny_model.predict_proba(pixels), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("datatype, dtype, value, needle", [
+    ("UINT16", "<u2", 256, "UINT16 data must be integers in [0, 255] (pixel values), found 256 "
+                           "at flat index 0"),
+    ("INT32", "<i4", -3, "found -3"),
+    ("FP32", "<f4", np.nan, "FP32 data must be finite"),
+    ("FP16", "<f2", np.inf, "FP16 data must be finite"),
+    ("FP64", "<f8", 1.5, "found 1.5"),
+])
+def test_binary_values_are_range_checked(client, datatype, dtype, value, needle):
+    raw = np.full(784, value, dtype).tobytes()
+    assert needle in assert_error(binary_infer(client, raw, datatype), 400)["error"]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(header="12x"), "Inference-Header-Content-Length must be a non-negative integer"),
+    (dict(header="-1"), "must be a non-negative integer"),
+    (dict(header="99999"), "but the body has only"),
+    (dict(header="0"), "empty"),
+    (dict(size=783), "binary_data_size' is 783 bytes but shape [1, 28, 28] of UINT8 "
+                     "takes 784"),
+    (dict(size=-1), "non-negative integer"),
+    (dict(size="784"), "non-negative integer"),
+    (dict(raw=bytes(783), size=784), "the body has 783 bytes after the JSON header"),
+    (dict(raw=bytes(785), size=784), "the body has 785 bytes after the JSON header"),
+    (dict(datatype="FP32"), "takes 3,136 (784 values x 4 bytes)"),
+    (dict(shape=(2, 28, 28)), "takes 1,568"),
+])
+def test_binary_sizes_are_checked_against_shape_and_body(client, change, needle):
+    args = {"raw": bytes(784), **change}
+    raw = args.pop("raw")
+    error = assert_error(binary_infer(client, raw, **args), 400)["error"]
+    assert needle in error
+
+
+def test_binary_data_needs_its_declaration(client):
+    body = infer_body(random_images(1), shape=[1, 28, 28])
+    head = json.dumps(body).encode()
+    r = client.post("/v2/models/tiny/infer", data=head + bytes(784),
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+    assert "declares no 'binary_data_size'" in assert_error(r, 400)["error"]
+    body["inputs"][0]["parameters"] = {"binary_data_size": 784}
+    head = json.dumps(body).encode()
+    r = client.post("/v2/models/tiny/infer", data=head + bytes(784),
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+    assert "both 'data' and 'binary_data_size'" in assert_error(r, 400)["error"]
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/octet-stream",
+                                          "application/x-www-form-urlencoded"])
+def test_infer_takes_json_with_or_without_a_content_type(client, tiny_model, content_type):
+    x = random_images(1, seed=31)
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    r = client.post("/v2/models/tiny/infer", data=json.dumps(infer_body(x)), headers=headers)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["outputs"][1]["data"] == tiny_model.predict(x).tolist()
+    r = binary_infer(client, x.tobytes(), **headers)
+    assert r.status_code == 200, r.get_json()
+
+
+def test_binary_outputs_are_answered_as_triton_does(client, tiny_model):
+    x = random_images(3, seed=32)
+    body = infer_body(x, parameters={"binary_data_output": True}, outputs=[
+        {"name": "labels"}, {"name": "probabilities", "parameters": {"binary_data": False}}])
+    r = client.post("/v2/models/tiny/infer", json=body)
+    assert r.status_code == 200
+    header, raw = split_answer(r)
+    labels, probs = header["outputs"]
+    assert labels == {"name": "labels", "shape": [3], "datatype": "INT64",
+                      "parameters": {"binary_data_size": 24}}
+    assert np.frombuffer(raw, "<i8").tolist() == tiny_model.predict(x).tolist()
+    np.testing.assert_allclose(probs["data"], tiny_model.predict_proba(x).ravel(), rtol=1e-5,
+                               atol=1e-7)
+    # JSON only: the ordinary answer
+    body["parameters"] = {}
+    r = client.post("/v2/models/tiny/infer", json=body)
+    assert r.mimetype == "application/json" and "Inference-Header-Content-Length" not in r.headers
+
+
+def test_classification_strings(client, tiny_model):
+    x = random_images(2, seed=33)
+    body = infer_body(x, outputs=[{"name": "probabilities",
+                                   "parameters": {"classification": 2}}])
+    out = client.post("/v2/models/tiny/infer", json=body).get_json()["outputs"][0]
+    proba = tiny_model.predict_proba(x)
+    assert out["datatype"] == "BYTES" and out["shape"] == [2, 2]
+    for i, (first, second) in enumerate(zip(out["data"][::2], out["data"][1::2])):
+        score, index, label = first.split(":", 2)
+        assert int(index) == proba[i].argmax() and label == tiny_model.class_names[int(index)]
+        assert score == f"{proba[i].max():f}" and len(score.split(".")[1]) == 6
+        assert float(second.split(":")[0]) <= float(score)
+    # binary: Triton's serialized BYTES (4-byte little-endian length, then the bytes)
+    body["outputs"][0]["parameters"]["binary_data"] = True
+    header, raw = split_answer(client.post("/v2/models/tiny/infer", json=body))
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": len(raw)}
+    strings, at = [], 0
+    while at < len(raw):
+        n = int.from_bytes(raw[at:at + 4], "little")
+        strings.append(raw[at + 4:at + 4 + n].decode())
+        at += 4 + n
+    assert strings == out["data"]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_answers_are_compressed_when_asked_and_worth_it(client, tiny_model, coding):
+    x = random_images(32, seed=34)
+    r = client.post("/v2/models/tiny/infer", json=infer_body(x),
+                    headers={"Accept-Encoding": f"br, {coding}"})
+    assert r.headers["Content-Encoding"] == coding and "Accept-Encoding" in r.headers["Vary"]
+    plain = (gzip.decompress if coding == "gzip" else zlib.decompress)(r.get_data())
+    assert json.loads(plain)["outputs"][1]["data"] == tiny_model.predict(x).tolist()
+    small = client.get("/v2", headers={"Accept-Encoding": coding})   # not worth it
+    assert "Content-Encoding" not in small.headers and small.get_json()["name"] == "cnn"
+    refused = client.post("/v2/models/tiny/infer", json=infer_body(x),
+                          headers={"Accept-Encoding": f"{coding};q=0"})
+    assert "Content-Encoding" not in refused.headers
