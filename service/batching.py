@@ -103,6 +103,11 @@ class Batcher:
             self._lead(request, gather=not idle)
         return self._outcome(request)
 
+    def queued(self):
+        """Requests waiting for their pass to start."""
+        with self._mutex:
+            return len(self._queue)
+
     # -- followers ------------------------------------------------------------
     def _wait(self, request):
         try:
@@ -127,17 +132,19 @@ class Batcher:
     def _lead(self, request, gather):
         batch = []
         try:
-            with self._mutex:
-                if gather and self.delay > 0:
-                    self._gather_locked(request)
-                batch = self._take_locked(request)
-            self._run(batch)
+            # the batch is taken once the pass may start: what queued meanwhile joins it
+            with request.served.lock:
+                with self._mutex:
+                    if gather and self.delay > 0:
+                        self._gather_locked(request)
+                    batch = self._take_locked(request)
+                self._run(batch)
         finally:
             for r in batch:
                 if r.result is None and r.error is None:   # interrupted mid-pass
                     r.error = ApiError(503, "the forward pass was interrupted; retry")
             with self._mutex:
-                if request in self._queue:   # interrupted before taking its batch
+                if not batch:   # interrupted before taking its batch
                     self._queue.remove(request)
                 waking = self._hand_over_locked()
             # the next leader first: its pass starts while these answers are written
@@ -161,17 +168,20 @@ class Batcher:
 
     def _take_locked(self, head):
         """``head`` and the next queued requests of its model, oldest first,
-        while their images fit in ``max_size`` (``head`` always)."""
-        batch, images = [head], head.n
-        self._queue.remove(head)
-        for r in list(self._queue):
-            if r.served is not head.served:
+        while their images fit in ``max_size`` (``head`` always); the others
+        stay queued in their order."""
+        batch, images, rest, full = [head], head.n, collections.deque(), False
+        for r in self._queue:
+            if r is head:
                 continue
-            if images + r.n > self.max_size:
-                break
-            batch.append(r)
-            images += r.n
-            self._queue.remove(r)
+            if not full and r.served is head.served:
+                if images + r.n <= self.max_size:
+                    batch.append(r)
+                    images += r.n
+                    continue
+                full = True   # the model's later requests keep their turn
+            rest.append(r)
+        self._queue = rest
         return batch
 
     def _hand_over_locked(self):
@@ -187,8 +197,7 @@ class Batcher:
     def _run(self, batch):
         served = batch[0].served
         try:
-            with served.lock:
-                outcomes = run_blocking(_forward, served.model, [r.x for r in batch])
+            outcomes = run_blocking(_forward, served.model, [r.x for r in batch])
         except Exception as exc:  # noqa: BLE001 - every request gets the same answer
             log.error("forward pass of model %r failed (%d requests, %d images)",
                       served.name, len(batch), sum(r.n for r in batch), exc_info=exc)
