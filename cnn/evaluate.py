@@ -223,13 +223,14 @@ def plot_confusion(confusion, class_names, title):
 def plot_path(path):
     """``path`` with .png added when it has no suffix; ValueError naming the
     problem when a PNG cannot be written there (checked before evaluating)."""
+    if os.path.isdir(path) or os.path.isdir(path + ".png"):
+        folder = path if os.path.isdir(path) else path + ".png"
+        raise ValueError(f"{folder!r} is a folder; give a file name such as "
+                         f"{os.path.join(folder, 'confusion.png')!r}")
     if not os.path.splitext(path)[1]:
         path += ".png"
     elif not path.lower().endswith(".png"):
         raise ValueError(f"{path!r}: the plot is a PNG image; give a path ending in .png")
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a folder; give a file name such as "
-                         f"{os.path.join(path, 'confusion.png')!r}")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
