@@ -20,6 +20,7 @@ import copy
 from flask import Blueprint, jsonify
 
 import cnn
+from service.inputs import HEADER_LENGTH, V2_DATATYPES
 from service import repository
 
 bp = Blueprint("openapi", __name__)
@@ -59,6 +60,14 @@ _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type"
                            "value answers 404."}
 
 _INT = {"type": "integer"}
+_OUTPUT_PARAMETERS = {
+    "type": "object", "description": "others are ignored (shared memory ones: 400)",
+    "properties": {
+        "binary_data": {"type": "boolean", "description": "answer this output as raw "
+                        "bytes after the JSON header (binary tensor data extension)"},
+        "classification": {"type": "integer", "minimum": 0, "description": "answer the "
+                           "top K classes as BYTES `score:index:label` (classification "
+                           "extension; `probabilities` only; 0: off)"}}}
 _STR = {"type": "string"}
 _NULLABLE_STR = {"type": "string", "nullable": True}
 _STRINGS = {"type": "array", "items": _STR}
@@ -232,26 +241,37 @@ SCHEMAS = {
                        "outputs": {"type": "array", "items": _ref("V2TensorMetadata")}},
     },
     "V2InputTensor": {
-        "type": "object", "required": ["name", "shape", "datatype", "data"],
+        "type": "object", "required": ["name", "shape", "datatype"],
+        "description": "`data`, or `parameters.binary_data_size` with the bytes after the "
+                       "JSON header (binary tensor data extension).",
         "properties": {
             "name": _STR,
             "shape": {"type": "array", "items": _INT, "minItems": 3, "maxItems": 4,
                       "description": f"[N, C, H, W] of the model's input (e.g. "
                                      f"[N, 1, {_H}, {_W}] or [N, {_H}, {_W}] for the "
                                      f"default grayscale models)"},
-            "datatype": {"type": "string", "enum": ["FP32", "UINT8"],
-                         "description": "FP32: 0-1; UINT8: integers 0-255"},
+            "datatype": {"type": "string", "enum": list(V2_DATATYPES),
+                         "description": "integer types (UINT8, INT64, ...): pixel values "
+                                        "0-255; float types (FP32, FP16, FP64, BF16): 0-1; "
+                                        "BOOL and BYTES are 400"},
             "data": {"type": "array", "description": "the values, flat (row-major) or "
                                                      "nested as the shape"},
-            "parameters": {"type": "object", "description": "ignored, except "
-                           "`binary_data_size` (unsupported: 400)"},
+            "parameters": {"type": "object", "description": "others are ignored "
+                           "(shared memory ones: 400)", "properties": {
+                               "binary_data_size": {
+                                   "type": "integer", "minimum": 0,
+                                   "description": "bytes of raw little-endian data after "
+                                                  "the JSON header: exactly the shape's "
+                                                  "values x the datatype's size"}}},
         },
     },
     "V2InferRequest": {
         "type": "object", "required": ["inputs"],
         "properties": {
             "id": {**_NULLABLE_STR, "description": "echoed in the answer (null: none)"},
-            "parameters": {"type": "object"},
+            "parameters": {"type": "object", "properties": {"binary_data_output": {
+                "type": "boolean", "description": "the default of every output's "
+                                                  "`binary_data` (false)"}}},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1,
                        "items": _ref("V2InputTensor")},
             "outputs": {"type": "array", "description": "the outputs to answer (default "
@@ -259,16 +279,25 @@ SCHEMAS = {
                             "type": "object", "required": ["name"],
                             "properties": {"name": {"type": "string",
                                                     "enum": ["probabilities", "labels"]},
-                                           "parameters": {"type": "object"}}}},
+                                           "parameters": _OUTPUT_PARAMETERS}}},
         },
     },
     "V2OutputTensor": {
-        "type": "object", "required": ["name", "shape", "datatype", "data"],
+        "type": "object", "required": ["name", "shape", "datatype"],
+        "description": "`data`, or with `binary_data` its bytes after the JSON header "
+                       "(`parameters.binary_data_size`). A classified output is BYTES "
+                       "[N, K] of `score:index:label`.",
         "additionalProperties": False,
         "properties": {"name": {"type": "string", "enum": ["probabilities", "labels"]},
                        "shape": {"type": "array", "items": _INT},
-                       "datatype": {"type": "string", "enum": ["FP32", "INT64"]},
-                       "data": {"type": "array", "items": {"type": "number"}}},
+                       "datatype": {"type": "string", "enum": ["FP32", "INT64", "BYTES"]},
+                       "data": {"type": "array", "items": {
+                           "oneOf": [{"type": "number"}, {"type": "string"}]}},
+                       "parameters": {
+                           "type": "object", "required": ["binary_data_size"],
+                           "additionalProperties": False,
+                           "properties": {"binary_data_size": {"type": "integer",
+                                                               "minimum": 0}}}},
     },
     "V2InferResponse": {
         "type": "object", "required": ["model_name", "model_version", "outputs"],
@@ -286,9 +315,10 @@ RESPONSES = {
         "RequestTimeout": "The body was not all sent within CNN_BODY_TIMEOUT seconds.",
         "NotFound": "Unknown model (or model version).",
         "TooLarge": "Body over CNN_MAX_CONTENT_LENGTH, more than CNN_MAX_IMAGES images, "
-                    "image files over CNN_MAX_REQUEST_PIXELS in all, or a JSON body of "
+                    "image files over CNN_MAX_REQUEST_PIXELS in all, a compressed body "
+                    "over CNN_MAX_CONTENT_LENGTH once decompressed, or a JSON body of "
                     "more values than a full batch.",
-        "UnsupportedMediaType": "Unsupported Content-Type.",
+        "UnsupportedMediaType": "Unsupported Content-Type or Content-Encoding.",
         "NotReady": "No model loaded, or the named model's file failed to load; on a "
                     "POST, also the worker holding CNN_WORKER_BODY_BYTES of request "
                     "bodies already (with Retry-After).",
@@ -375,6 +405,23 @@ def _get(operation_id, summary, responses, parameters=None, security=None):
     return {"get": op}
 
 
+_HEADER_LENGTH = {
+    "name": HEADER_LENGTH, "in": "header", "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "binary tensor data extension: the length of the JSON part of the "
+                   "body; the bytes after it are the inputs' data"}
+_INFER_DESCRIPTION = (
+    "The request is JSON with or without a Content-Type (also sent as "
+    "application/octet-stream when inputs carry binary data), optionally compressed "
+    "(`Content-Encoding: gzip` or `deflate`; CNN_MAX_CONTENT_LENGTH bounds the "
+    "decompressed size too). Extensions: `binary_tensor_data` (inputs with "
+    "`parameters.binary_data_size` and the Inference-Header-Content-Length header; "
+    "outputs with `binary_data` or the request's `binary_data_output` answered as "
+    "raw bytes after the JSON header, with Content-Type application/octet-stream) "
+    "and `classification` (an output's `classification: K`). Answers are compressed "
+    "when `Accept-Encoding` takes gzip or deflate and the answer is worth it.")
+
+
 def _v2_paths():
     paths = {}
     for suffix, params, tag in (("", [_NAME], ""),
@@ -393,12 +440,26 @@ def _v2_paths():
         paths[base + "/infer"] = {"post": {
             "operationId": f"v2Infer{tag}",
             "summary": "Open Inference Protocol inference",
-            "parameters": params,
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": _ref("V2InferRequest"), "example": _INFER_EXAMPLE}}},
+            "description": _INFER_DESCRIPTION,
+            "parameters": [*params, _HEADER_LENGTH],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("V2InferRequest"),
+                                     "example": _INFER_EXAMPLE},
+                "application/octet-stream": {"schema": {
+                    "type": "string", "format": "binary",
+                    "description": f"{HEADER_LENGTH} bytes of V2InferRequest JSON, then "
+                                   f"the inputs' binary data"}}}},
             "responses": {
-                "200": _json(_ref("V2InferResponse"), "`probabilities` (FP32 [N, K]) and "
-                             "`labels` (INT64 [N]), or those named in `outputs`."),
+                "200": {"description": "`probabilities` (FP32 [N, K]) and `labels` (INT64 "
+                                       "[N]), or those named in `outputs`; with binary "
+                                       "outputs, the JSON header then their bytes.",
+                        "headers": {HEADER_LENGTH: {
+                            "schema": {"type": "integer", "minimum": 0},
+                            "description": "binary answers: the length of the JSON "
+                                           "header"}},
+                        "content": {"application/json": {"schema": _ref("V2InferResponse")},
+                                    "application/octet-stream": {"schema": {
+                                        "type": "string", "format": "binary"}}}},
                 "400": _error("BadRequest"), "401": _error("Unauthorized"),
                 "404": _error("NotFound"), "408": _error("RequestTimeout"),
                 "413": _error("TooLarge"),
