@@ -362,6 +362,12 @@ _PREDICT = {
                             "background), or always/never; case-insensitive. Default: the "
                             "model's own (its input.invert: auto for models trained on light "
                             "objects on black, else never)"},
+            {"name": "partial", "in": "query",
+             "schema": {"type": "string", "enum": ["true", "false", "yes", "no", "1", "0"]},
+             "description": "true: classify the readable image files and list the bad ones "
+                            "in `errors` (200, `partial`: true when some were left out; "
+                            "still 400 when none is readable). Default false: any bad one "
+                            "is 400 and nothing is classified"},
         ],
         "requestBody": {"required": True, "content": {
             "multipart/form-data": {
