@@ -81,11 +81,8 @@ def registry():
 
 
 def resolve(name, version=None):
-    served = registry().get(name)
-    if version is not None and version != served.version:
-        raise ApiError(404, f"model {name!r} has no version {version!r} (served version: "
-                            f"{served.version!r})")
-    return served
+    """The served model ``name`` at ``version`` (None: the highest); service.models."""
+    return registry().get(name, version)
 
 
 def server_extensions():
@@ -125,7 +122,7 @@ def model_metadata(name, version=None):
     c, h, w = served.input_shape
     return jsonify({
         "name": served.name,
-        "versions": [served.version],
+        "versions": registry().versions(served.name),
         "platform": PLATFORM,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, c, h, w]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32",
