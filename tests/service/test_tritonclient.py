@@ -258,3 +258,23 @@ def test_a_session_against_gunicorn(triton_models, reference, tmp_path):
         assert [p.get_result(timeout=30).as_numpy("labels")[0] for p in pending] \
             == tiny.predict(x).tolist()
         expect_error(lambda: client.infer("nope", [make_input(x)]), 404, "nope")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_compressed_binary_answers_parse_with_the_clients_reader(make_app, models_dir,
+                                                                 tiny_model, coding):
+    # the header length counts the JSON before compression, as Triton's does
+    client = make_app(models_dir).test_client()
+    x = random_images(64, seed=50)
+    body = {"inputs": [{"name": "input", "shape": [64, 28, 28], "datatype": "UINT8",
+                        "data": x.ravel().tolist()}],
+            "parameters": {"binary_data_output": True}}
+    r = client.post("/v2/models/tiny/infer", json=body, headers={"Accept-Encoding": coding})
+    assert r.headers["Content-Encoding"] == coding
+    assert r.mimetype == "application/octet-stream"
+    result = httpclient.InferResult.from_response_body(
+        r.get_data(), header_length=int(r.headers["Inference-Header-Content-Length"]),
+        content_encoding=coding)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), tiny_model.predict_proba(x),
+                               rtol=1e-5, atol=1e-7)
+    assert result.as_numpy("labels").tolist() == tiny_model.predict(x).tolist()
