@@ -57,14 +57,16 @@ def live_app(make_app, models_dir):
         thread.join(timeout=10)
 
 
-@pytest.fixture
-def browser(tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module (starting it costs ~2 s), fresh profile."""
+    folder = tmp_path_factory.mktemp("chromium")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={folder / 'profile'}"]:
         options.add_argument(flag)
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER,
-                                      log_output=str(tmp_path / "chromedriver.log"))
+                                      log_output=str(folder / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(WAIT)
     try:
