@@ -23,6 +23,9 @@ Endpoints
 ``GET``     ``/v2/models/<name>[/versions/<v>]``         OIP model metadata
 ``GET``     ``/v2/models/<name>[/versions/<v>]/ready``   OIP model ready
 ``POST``    ``/v2/models/<name>[/versions/<v>]/infer``   OIP inference (service.v2)
+``POST``    ``/v2/repository/index``                     Triton model repository: models and states
+``POST``    ``/v2/repository/models/<name>/load``        serve a model (again) (service.repository)
+``POST``    ``/v2/repository/models/<name>/unload``      stop serving a model
 ==========  ===========================================  ===========================================
 
 ``/predict`` takes multipart image (or ``.npy``) files, JSON (base64 files or
@@ -57,7 +60,8 @@ workers x kernel threads stay within the cores.
 Configuration: see service.config (``CNN_MODEL_DIR``, ``CNN_DEFAULT_MODEL``,
 ``CNN_MAX_CONTENT_LENGTH``, ``CNN_MAX_IMAGES``, ``CNN_MAX_PIXELS``,
 ``CNN_MAX_REQUEST_PIXELS``, ``CNN_WORKER_BODY_BYTES``, ``CNN_BODY_TIMEOUT``, ``CNN_API_TOKEN``, ``CNN_MAX_MODEL_BYTES``,
-``CNN_WORKERS``, ``CNN_THREADS``, ``CNN_BACKEND``), set in the environment or
+``CNN_WORKERS``, ``CNN_THREADS``, ``CNN_BACKEND``, ``CNN_RELOAD_INTERVAL``,
+``CNN_STATE_DIR``), set in the environment or
 passed in ``test_config`` (which also takes Flask settings such as TESTING).
 """
 import logging

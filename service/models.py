@@ -1,9 +1,28 @@
-"""The models a worker serves: every ``*.npz`` weights file in the models folder.
+"""The models a worker serves: the weights files of the models folder, kept in step with it.
 
-* A model's name is its file stem (``models/convnet.npz`` -> ``convnet``).
-  Only ``.npz`` files count: checkpoints (``*.ckpt``), training histories
-  (``*.history.json``), plots and hidden files (``.*``, e.g. the temporary file
-  of a weights file being written) are not served.
+* Two layouts, side by side in one folder. A flat ``NAME.npz``
+  (``models/convnet.npz`` -> ``convnet``) is one version, named by when it was
+  saved (its ``saved_at``, as before versions existed). Triton's
+  ``NAME/VERSION/model.npz`` (VERSION a positive integer) serves every version
+  of NAME at once: requests that name no version get the highest served one,
+  ``/v2/models/NAME/versions/V/...`` a given one. Other folder names under
+  NAME/ and a version folder without ``model.npz`` (yet) are ignored. When
+  ``NAME.npz`` and ``NAME/`` both hold a model, the folder is served and the
+  flat file listed as failed. Only ``.npz`` files count: checkpoints
+  (``*.ckpt``), training histories (``*.history.json``), plots and hidden files
+  (``.*``, e.g. the temporary file of a weights file being written) are not served.
+* Hot reload: every ``CNN_RELOAD_INTERVAL`` seconds (2; 0: never) each worker
+  looks at the folder (names and ``stat()`` only: size, mtime, inode) and
+  loads what was added or replaced, off the event loop, before swapping it in
+  (one assignment of a new :class:`_View`): the old file answers until then,
+  requests in flight keep the model object they started with, and a file that
+  fails to load leaves the old one serving (listed as failed, counted, logged,
+  not tried again until it changes). A removed file stops being served. A
+  file that changes while it is read (a copy still being written) is read
+  again at the next look; writers should still write a temporary file and
+  rename it (``cnn.io.atomic_write``, what ``cnn.train`` does).
+* Unloaded models: service.repository records in a state file which names
+  were unloaded; every worker reads it when it looks at the folder.
 * A file that cannot be loaded (corrupt, truncated, not a cnn weights file,
   architecture and weights that do not fit, over ``cnn.io.MAX_BYTES``) is
   logged, counted in the ``cnn_model_load_failures_total`` metric and listed
