@@ -6,8 +6,10 @@ lets them run. ``on_pass`` is wrapped to record every forward pass as
 (model, images, requests). One test drives a real gevent worker under gunicorn.
 """
 import concurrent.futures
+import os
 import shutil
-import threading
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,7 +19,7 @@ from cnn.io import load_model, save_model
 from service.batching import current_batcher
 from tests.service.conftest import build_tiny
 from tests.service.helpers import random_images
-from tests.service.servers import gunicorn, request
+from tests.service.servers import ROOT, gunicorn, request
 
 TOL = dict(rtol=1e-5, atol=1e-6)   # BLAS sums a batch's rows in another order
 
@@ -248,3 +250,45 @@ def test_gunicorn_merges_concurrent_requests(tmp_path, tiny_model):
     count = float(text.split('cnn_batch_requests_count{model="big"} ')[1].split()[0])
     total = float(text.split('cnn_batch_requests_sum{model="big"} ')[1].split()[0])
     assert total == 64 and count < 64, (count, total)
+
+
+GEVENT_SCRIPT = r"""
+from gevent import monkey; monkey.patch_all()
+import gevent, numpy as np
+from service.batching import Batcher
+from service.models import FifoLock
+from tests.service.conftest import build_tiny
+
+class Served:
+    name, lock, model = "tiny", FifoLock(), build_tiny()
+
+served, passes = Served(), []
+batcher = Batcher(max_size=8, on_pass=lambda s, images, requests: passes.append(requests))
+xs = [np.full((1, 28, 28), 40 * i, np.uint8) for i in range(4)]
+served.lock.acquire()                      # a pass in progress: everyone queues
+greenlets = [gevent.spawn(batcher.predict_proba, served, x) for x in xs]
+gevent.sleep(0.05)
+assert batcher.queued() == 4
+greenlets[1].kill()                        # a waiting request goes away
+greenlets[0].kill()                        # so does the leader, before its pass
+served.lock.release()
+gevent.joinall(greenlets, timeout=10)
+assert all(g.dead for g in greenlets)
+for i in (2, 3):
+    np.testing.assert_allclose(greenlets[i].value, served.model.predict_proba(xs[i]),
+                               rtol=1e-5, atol=1e-6)
+assert passes == [2] and batcher.queued() == 0
+later = gevent.spawn(batcher.predict_proba, served, xs[0])
+later.join(timeout=10)
+np.testing.assert_allclose(later.value, served.model.predict_proba(xs[0]), rtol=1e-5, atol=1e-6)
+assert passes == [2, 1]
+print("ok")
+"""
+
+
+def test_greenlets_that_go_away_leave_the_queue_and_the_lead(tmp_path):
+    """Under gevent (as in a worker): a killed waiter leaves the queue, a killed
+    leader hands the lead on, the others are answered and the next request runs."""
+    r = subprocess.run([sys.executable, "-c", GEVENT_SCRIPT], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
