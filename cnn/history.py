@@ -4,9 +4,9 @@ pandas) and as a PNG of the learning curves. Every file is written atomically.
 
 The history is a list of per-epoch dicts (``cnn.training.fit``): ``epoch``,
 ``loss``, ``acc``, ``val_loss``, ``val_acc`` (None without a validation set),
-``lr``, ``time`` (seconds) and ``curve``, the running training loss every few
-steps as [epoch position, loss] pairs, so that even a one-epoch run has a
-curve to look at.
+``lr``, ``time`` (seconds) and ``curve``, the running training loss and the
+learning rate every few steps as [epoch position, loss, lr], so that even a
+one-epoch run has curves to look at.
 """
 import csv
 import io
@@ -53,7 +53,12 @@ def plot(path, history, title=None, kept_epoch=None):
     ax2.plot(epochs, series("acc"), "o-", label="train")
     ax2.plot(epochs, series("val_acc"), "o-", label="validation")
     ax2.set(title="accuracy", xlabel="epoch")
-    ax3.plot(epochs, series("lr"), "o-", color="C2", label="at the end of the epoch")
+    lr_steps = [p for p in steps if len(p) > 2]
+    if lr_steps:
+        ax3.plot([p[0] for p in lr_steps], [p[2] for p in lr_steps], "-", color="C2",
+                 label="per step")
+    else:
+        ax3.plot(epochs, series("lr"), "o-", color="C2", label="at the end of the epoch")
     ax3.set(title="learning rate", xlabel="epoch")
     ax3.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     for ax in (ax1, ax2, ax3):

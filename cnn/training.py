@@ -60,7 +60,8 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
     saved with it); the run restarts at its epoch and step.
     progress: True for a live bar, False for one line per epoch, None to pick by
     whether ``stream`` is a terminal. Returns the list of per-epoch metrics;
-    each holds ``curve``, the running loss every ~1/CURVE_POINTS of an epoch.
+    each holds ``curve``, [epoch position, running loss, learning rate] every
+    ~1/CURVE_POINTS of an epoch.
     """
     x_train, y_train = train
     n = len(x_train)
@@ -114,7 +115,7 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
             correct += int((logits.argmax(axis=1) == yb).sum())
             seen += len(idx)
             if (step + 1) % every == 0 or step == steps - 1:
-                curve.append([round(epoch + (step + 1) / steps, 4), loss_sum / seen])
+                curve.append([round(epoch + (step + 1) / steps, 4), loss_sum / seen, lr])
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0 or step == steps - 1:
