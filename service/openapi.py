@@ -212,7 +212,13 @@ SCHEMAS = {
         "properties": {"model": _STR, "version": _STR,
                        "predictions": {"type": "array", "minItems": 1,
                                        "items": _ref("Prediction"),
-                                       "description": "in input order"}},
+                                       "description": "in input order"},
+                       "partial": {"type": "boolean",
+                                   "description": "with ?partial=true: whether some images "
+                                                  "were left out (listed in errors)"},
+                       "errors": {"type": "array", "items": _ref("ImageError"),
+                                  "description": "with ?partial=true: the images that "
+                                                 "could not be read"}},
     },
     "V2ServerMetadata": {
         "type": "object", "required": ["name", "version", "extensions"],
@@ -348,7 +354,9 @@ _PREDICT = {
         "summary": "Classify a batch of images",
         "description": "The answer lists the images in input order. If any image cannot "
                        "be read the answer is 400 and `errors` lists every bad one; "
-                       "nothing is classified then.",
+                       "nothing is classified then, unless `partial=true`: the readable "
+                       "images are classified (each keeps its `index`) and `errors` lists "
+                       "the others (still 400 when none is readable).",
         "parameters": [
             {"name": "model", "in": "query", "schema": {"type": "string", "minLength": 1},
              "description": "a served model (default: CNN_DEFAULT_MODEL or the first)"},

@@ -223,3 +223,17 @@ def test_v2_output_parameters_must_be_an_object(client):
     assert "output 'parameters' must be an object" in response.get_json()["error"]
     body["outputs"][0]["parameters"] = {"binary_data": False}  # unknown: ignored
     assert client.post("/v2/models/tiny/infer", json=body).status_code == 200
+
+
+def test_a_partial_answer_conforms_to_the_document(client):
+    import io as _io
+    import jsonschema
+    from tests.service.helpers import png_bytes, random_images
+    document = client.get("/openapi.json").get_json()
+    body = {"a": (_io.BytesIO(png_bytes(random_images(1)[0])), "a.png"),
+            "b": (_io.BytesIO(b"not an image"), "b.png")}
+    r = client.post("/predict?partial=true", data=body, content_type="multipart/form-data")
+    answer = r.get_json()
+    assert r.status_code == 200 and answer["partial"] is True and len(answer["errors"]) == 1
+    jsonschema.validate(answer, {"$ref": "#/components/schemas/Predictions",
+                                 "components": document["components"]})
