@@ -33,6 +33,10 @@ connection on the worker that accepted it, so the benchmark waits until every
 worker has loaded the model, and re-opens the connections when the warm-up
 requests show that some worker got none (with 2 threads and 2 workers, half
 the time); the "per worker" column shows how the timed requests were shared.
+The "req/pass" column is the requests merged into each forward pass during the
+run (service.batching's ``cnn_batch_requests`` from ``/metrics``, all workers):
+1.00 with ``CNN_BATCHING=0``; the server takes the CNN_* settings of the
+environment, so ``CNN_BATCHING=0 python benchmarks/serve.py ...`` measures it off.
 
 For comparison it prints the in-process ``model.predict`` images/s on the same
 batch (no HTTP, no decoding), once with one kernel thread (what one worker gets
@@ -52,7 +56,8 @@ then with "error" set) for programs (``python -m cnn.bench`` runs
      "concurrency": [...], "cores": ..., "non_2xx": failed requests in all runs,
      "rows": [{"format", "batch", "concurrency", "requests", "requests_per_s",
                "images_per_s", "p50_ms", "p99_ms", "non_2xx",
-               "requests_per_worker": [timed requests of each worker, most first]}, ...],
+               "requests_per_worker": [timed requests of each worker, most first],
+               "requests_per_pass": requests merged per forward pass, or null}, ...],
      "error": null or the reason the benchmark failed}
 """
 import argparse
@@ -302,6 +307,22 @@ class Server:
 STOP = threading.Event()
 
 
+def batch_counts(port):
+    """(forward passes, requests in them) so far, from /metrics (all models and
+    workers), or None when the server does not report them."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode(errors="replace")
+        conn.close()
+    except (OSError, http.client.HTTPException):
+        return None
+    found = {kind: [float(v) for v in re.findall(
+        rf"^cnn_batch_requests_{kind}{{[^}}]*}} (\S+)$", text, re.M)]
+        for kind in ("count", "sum")}
+    return (sum(found["count"]), sum(found["sum"])) if found["count"] else None
+
+
 def post(conn, body, headers):
     """POST a prebuilt body; ``headers`` (a dict) is prebuilt too (see request_headers)."""
     conn.request("POST", "/predict", body=body, headers=headers)
@@ -513,7 +534,7 @@ def main(argv=None):
         print()
 
         header = (f"{'format':>6} {'batch':>5} {'conc':>4} {'requests':>8} {'req/s':>8} "
-                  f"{'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7}  per worker")
+                  f"{'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7} {'req/pass':>8}  per worker")
         print(header, flush=True)
         for fmt in args.formats:
             for batch in args.batches:
@@ -531,9 +552,13 @@ def main(argv=None):
                     raise RuntimeError(f"{fmt} batch {batch}: service labels {got} != "
                                        f"model.predict {want}")
                 for conc in args.concurrency:
+                    before = batch_counts(port)
                     lat, failures, wall, split = run_load(
                         port, body, headers, conc, args.requests, args.seconds, args.warmup,
                         server=server, workers=workers)
+                    after = batch_counts(port)   # (the run's warm-up requests included)
+                    per_pass = (round((after[1] - before[1]) / (after[0] - before[0]), 2)
+                                if before and after and after[0] > before[0] else None)
                     per_worker = sorted(split.values(), reverse=True) if split else []
                     n = len(lat)
                     rps = n / wall if wall > 0 else float("nan")
@@ -544,9 +569,11 @@ def main(argv=None):
                                  "images_per_s": round(rps * batch, 1),
                                  "p50_ms": round(float(p50), 3),
                                  "p99_ms": round(float(p99), 3), "non_2xx": len(failures),
-                                 "requests_per_worker": per_worker})
+                                 "requests_per_worker": per_worker,
+                                 "requests_per_pass": per_pass})
                     print(f"{fmt:>6} {batch:>5} {conc:>4} {n:>8} {rps:>8.1f} "
-                          f"{rps * batch:>9.0f} {p50:>8.1f} {p99:>8.1f} {len(failures):>7}  "
+                          f"{rps * batch:>9.0f} {p50:>8.1f} {p99:>8.1f} {len(failures):>7} "
+                          f"{per_pass if per_pass is not None else 'n/a':>8}  "
                           f"{'/'.join(map(str, per_worker))}", flush=True)
                     for f in failures[:3]:
                         print(f"      failure: {f}")
