@@ -146,7 +146,8 @@ def _batch_settings(config):
     delay = value = config["CNN_BATCH_DELAY_US"]
     if isinstance(value, str) and value.strip().replace("_", "").isdigit():
         value = int(value.strip().replace("_", ""))
-    if isinstance(value, bool) or not isinstance(value, int)             or not 0 <= value <= MAX_BATCH_DELAY_US:
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 <= value <= MAX_BATCH_DELAY_US:
         raise ValueError(f"CNN_BATCH_DELAY_US must be an integer from 0 to "
                          f"{MAX_BATCH_DELAY_US:,} (microseconds), got {delay!r}")
     config["CNN_BATCH_DELAY_US"] = value
