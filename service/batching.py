@@ -34,7 +34,7 @@ gevent's, and only greenlets of the event loop touch the queue; without gevent
 
 Measured with benchmarks/serve.py (2 workers, batch-1 PNG requests, a busy
 2-core machine, on/off alternated): at concurrency 32, 5.7-6.2 requests per
-pass, 1.5-1.7x the requests/s with a lower p99, and 20-30% less worker CPU per
+pass, 1.2-1.7x the requests/s with a p99 no worse, and 15-30% less worker CPU per
 request; at concurrency 1 the same p50 (every pass holds one request).
 
 Merged results equal the lone ones to float32 rounding, not bit for bit: BLAS
