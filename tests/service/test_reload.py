@@ -354,9 +354,15 @@ def test_every_gunicorn_worker_follows_the_folder(tmp_path):
                                             "/v2/repository/models/tiny/unload")
         assert (status, answer) == (200, {})
         every_worker(port, log, "/v2/models/tiny/ready", lambda s, b: s == 503, "unl")
-        status, _, index = servers.request(port, "POST", "/v2/repository/index")
-        assert [(e["name"], e["state"], e["reason"]) for e in index] == [
-            ("tiny", "UNAVAILABLE", "unloaded")]
+        # (every worker follows within the interval: ask until this one has)
+        deadline = time.monotonic() + 10
+        while True:
+            status, _, index = servers.request(port, "POST", "/v2/repository/index")
+            rows = [(e["name"], e["state"], e.get("reason")) for e in index]
+            if rows == [("tiny", "UNAVAILABLE", "unloaded")] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert rows == [("tiny", "UNAVAILABLE", "unloaded")]
         status, _, answer = servers.request(port, "POST", "/v2/repository/models/tiny/load")
         assert (status, answer) == (200, {})
         every_worker(port, log, "/v2/models/tiny/ready", lambda s, b: s == 200, "load")
