@@ -28,8 +28,6 @@ import http.client
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from cnn.architectures import build_architecture  # noqa: E402
 from cnn.io import save_model  # noqa: E402
+from benchmarks._gunicorn import free_port, stop, wait_ready  # noqa: E402
 
 ARCH = "conv8k3p1-relu-maxpool2-flatten-dense10"
 START_TIMEOUT = STOP_TIMEOUT = 30
@@ -158,12 +157,6 @@ def replace_under_load(port, replace, body, expected, clients=4, seconds=8.0,
     }
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def gunicorn(models_dir, workers, interval, log):
     port = free_port()
@@ -178,30 +171,11 @@ def gunicorn(models_dir, workers, interval, log):
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/ready")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn not ready within {START_TIMEOUT} s")
-            time.sleep(0.2)
+        wait_ready(port, proc, START_TIMEOUT)
         time.sleep(1.0)   # every worker, not only the first, has loaded the model
         yield port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop(proc, STOP_TIMEOUT)
 
 
 def main(argv=None):

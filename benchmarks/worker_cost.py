@@ -27,8 +27,6 @@ import importlib.util
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._gunicorn import free_port, stop, wait_ready  # noqa: E402
 TARGET_MIB, TARGET_CPU = 256, 1.0
 BODY_LIMIT = 16 * 1024 * 1024
 
@@ -148,9 +149,7 @@ def main(argv=None):
         model = build_architecture("conv8k3p1-relu-maxpool2-flatten-dense10")
         model.build(seed=0)
         save_model(os.path.join(tmp, "tiny.npz"), model)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT), CNN_BIND=f"127.0.0.1:{port}",
                    CNN_MODEL_DIR=tmp, CNN_WORKERS="1")
         for name in ("GUNICORN_CMD_ARGS", "CNN_API_TOKEN", "PROMETHEUS_MULTIPROC_DIR"):
@@ -160,18 +159,10 @@ def main(argv=None):
                                   env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    conn.request("GET", "/ready")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("worker_cost.py: gunicorn did not get ready")
-                time.sleep(0.2)
+            try:
+                wait_ready(port, server, 60)
+            except RuntimeError as exc:
+                raise SystemExit(f"worker_cost.py: {exc}") from None
             pid = worker_pid(server.pid)
             print(f"gunicorn worker {pid}, 1 worker; target < {TARGET_MIB} MiB peak RSS "
                   f"increase and < {TARGET_CPU:g} s CPU per request")
@@ -193,11 +184,7 @@ def main(argv=None):
                           f"{flag}")
             print(f"worst: {worst_cpu:.2f} s CPU, {worst_rss:.1f} MiB")
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop(server)
 
 
 if __name__ == "__main__":
