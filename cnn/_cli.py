@@ -4,7 +4,9 @@ argparse calls a type function on the text of an argument; raising
 ArgumentTypeError makes it exit 2 with "argument --NAME: MESSAGE".
 """
 import argparse
+import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -76,3 +78,17 @@ def steps_or_seconds(text):
         raise argparse.ArgumentTypeError(f"expected a number of steps (e.g. 200) or a time "
                                          f"(e.g. 30s, 5m), got {text!r}")
     return ("seconds", value) if unit else ("steps", value)
+
+
+def unwritable_folder(path):
+    """Why no file can be written beside ``path`` (its folder is made if missing),
+    or None. Found by writing a temporary file there, as ``cnn.io.atomic_write``
+    will: os.access answers yes to root whatever the mount says."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"cannot write in {folder!r}: {exc.strerror or exc}"
+    return None

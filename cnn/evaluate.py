@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -35,7 +34,7 @@ from cnn.datasets import input_shape_of, load_data
 from cnn.datasets.folder import is_image_folder
 from cnn.datasets.idx import is_idx_folder, is_idx_test_folder
 from cnn.io import ModelFileError, atomic_write, load_model
-from cnn._cli import fail as _fail, positive_int
+from cnn._cli import fail as _fail, positive_int, unwritable_folder
 
 PROG = "cnn.evaluate"
 IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
@@ -231,13 +230,9 @@ def plot_path(path):
         path += ".png"
     elif not path.lower().endswith(".png"):
         raise ValueError(f"{path!r}: the plot is a PNG image; give a path ending in .png")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):   # as atomic_write will (os.access lies for root)
-            pass
-    except OSError as exc:
-        raise ValueError(f"cannot write in {folder!r}: {exc.strerror or exc}") from None
+    problem = unwritable_folder(path)
+    if problem:
+        raise ValueError(problem)
     return path
 
 

@@ -37,11 +37,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
-from cnn._cli import fail as _fail
+from cnn._cli import fail as _fail, unwritable_folder
 
 PROG = "cnn.export"
 OPSET = 17
@@ -237,14 +236,8 @@ def _check_output(path):
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):
         return f"OUTPUT: cannot write {path!r}: {os.path.dirname(path)!r} is not a folder"
-    try:
-        os.makedirs(folder, exist_ok=True)
-        # write a file as atomic_write will (os.access lies for root)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        return f"OUTPUT: cannot write in {folder!r}: {exc.strerror or exc}"
-    return None
+    problem = unwritable_folder(path)
+    return f"OUTPUT: {problem}" if problem else None
 
 
 def main(argv=None):

@@ -38,7 +38,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 
@@ -46,7 +45,7 @@ import numpy as np
 
 from cnn import __version__
 from cnn._cli import (fail as _fail, fraction, non_negative_float, non_negative_int,
-                      positive_float, positive_int, steps_or_seconds)
+                      positive_float, positive_int, steps_or_seconds, unwritable_folder)
 from cnn.architectures import ARCHITECTURES, build_architecture
 from cnn.backends import BackendUnavailable, get_backend
 from cnn.data import DataError, Normalizer, train_val_split
@@ -265,13 +264,9 @@ def check_output(out, need_bytes):
             return f"--out: {path!r} is a folder; give a file name such as {out!r}/model.npz" \
                 if path == out else f"--out: {path!r} (written beside {out!r}) is a folder"
     folder = os.path.dirname(os.path.abspath(out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        # the real test: write a file as atomic_write will (os.access lies for root)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        return f"--out: cannot write in {folder!r}: {exc.strerror or exc}"
+    problem = unwritable_folder(out)
+    if problem:
+        return f"--out: {problem}"
     free = shutil.disk_usage(folder).free
     if free < need_bytes:
         return (f"--out: {folder!r} has {free / 2**20:.1f} MiB free; the run's files need "
