@@ -181,6 +181,7 @@ def fail(message, code=2):
 # state, as the optimizer-state slot "_best" (no optimizer has a slot of that name).
 BEST_PREFIX = "opt/_best/"
 IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # held while a checkpoint is written
 
 # What a checkpoint restores: the run as it was started. --epochs may change
 # (the length is the user's choice); the rest would silently make another run.
@@ -308,8 +309,8 @@ def data_fingerprint(images, labels):
 
 @contextlib.contextmanager
 def ctrl_c_deferred():
-    """Hold Ctrl-C until the block ends: a checkpoint is saved and recorded as
-    saved together, so the interrupt message never misses one.
+    """Hold Ctrl-C and SIGTERM until the block ends: a checkpoint is saved and
+    recorded as saved together, so the interrupt message never misses one.
 
     The Python handler is swapped, not the signal mask: a mask only covers the
     calling thread, and the kernel hands a process-wide SIGINT to any thread
@@ -319,14 +320,19 @@ def ctrl_c_deferred():
         yield
         return
     hit = []
-    old = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    old = {sig: signal.signal(sig, lambda signum, frame: hit.append(signum))
+           for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
-        if hit and old is not signal.SIG_IGN:
-            if callable(old):
-                old(signal.SIGINT, None)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(hit):
+            handler = old[sig]
+            if handler is signal.SIG_IGN:
+                continue
+            if callable(handler):
+                handler(sig, None)     # (ours raise: KeyboardInterrupt, Terminated)
             else:
                 raise KeyboardInterrupt
 
@@ -355,12 +361,33 @@ def resume_command(ckpt):
            f"{shlex.quote(ckpt)}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, kill, a batch scheduler): stopped like Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _interrupted_status(exc):
+    return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+
+
 def main(argv=None):
+    # SIGTERM stops a run as Ctrl-C does (the message names the checkpoint to
+    # continue from), exit status 143; only in the main thread, where Python
+    # runs signal handlers.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(argv)
-    except KeyboardInterrupt:    # before training started (training has its own)
+    except KeyboardInterrupt as exc:    # before training started (training has its own)
         print("\ninterrupted before training started: nothing was saved", file=sys.stderr)
-        return 130
+        return _interrupted_status(exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run(argv=None):
@@ -620,9 +647,10 @@ def run(argv=None):
                  f"test accuracy {test_acc:.4f}" if test_acc is not None else None)
         write_output(png_file, lambda: run_history.plot(
             png_file, history, title, kept if kept != last_epoch else None))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {saved_text()}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\n{what}: {saved_text()}", file=sys.stderr)
+        return _interrupted_status(exc)
     except OutputError as exc:
         return fail(f"{exc}; {saved_text()}", IO_ERROR)
     except FloatingPointError as exc:

@@ -408,3 +408,16 @@ def test_keep_best_needs_a_validation_set_and_the_header_counts_epochs(workdir):
     assert "1 epoch, augment" in out and "1 epochs" not in out
     history = json.loads((workdir / "run/one.history.json").read_text())["history"]
     assert len(history[0]["curve"]) >= 3 and history[0]["curve"][-1][0] == 1.0
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_command_to_continue(workdir, procs):
+    proc = start(workdir, "--limit", 80, "--batch-size", 1, "--backend", "naive",
+                 "--epochs", 1, "--out", "run/m.npz", "--checkpoint-every", 2)
+    procs.append(proc)
+    wait_for(lambda: has_position(workdir / "run/m.ckpt"), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "terminated (SIGTERM): " in err, err
+    assert "is saved in run/m.ckpt; continue with: " in err and "--resume run/m.ckpt" in err
+    assert has_position(workdir / "run/m.ckpt")
