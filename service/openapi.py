@@ -20,7 +20,7 @@ import copy
 from flask import Blueprint, jsonify
 
 import cnn
-from service.inputs import HEADER_LENGTH, V2_DATATYPES
+from service.v2_tensors import HEADER_LENGTH, V2_DATATYPES
 from service import repository
 
 bp = Blueprint("openapi", __name__)
