@@ -193,3 +193,90 @@ def test_cython_not_built_in_process(monkeypatch):
     assert get_backend() is module("python")
     with pytest.raises(BackendUnavailable, match=r"not built.*(pip install -e \.|build_ext)"):
         get_backend("cython")
+
+
+# --------------------------------------------------------------------------------------
+# No silent fallback: a warning at import, available(), the CLIs' line (fallback_note).
+# --------------------------------------------------------------------------------------
+
+WARNING = "KernelsNotBuiltWarning"
+
+
+def test_available_says_what_is_built():
+    assert cnn.backends.available() == {"cython": True, "python": True, "naive": True}
+    assert cnn.backends.missing_kernels() == []
+    assert cnn.backends.fallback_note() is None
+
+
+def test_available_without_kernels_in_process(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cnn._softmax", None)
+    monkeypatch.delitem(sys.modules, "cnn.backends.cython", raising=False)
+    assert cnn.backends.available() == {"cython": False, "python": True, "naive": True}
+    assert cnn.backends.missing_kernels() == ["cnn._softmax"]
+    note = cnn.backends.fallback_note()
+    assert "cnn._softmax" in note and "pip install -e ." in note and "python backend" in note
+    # a backend chosen by name or CNN_BACKEND is no fallback: nothing to say
+    assert cnn.backends.fallback_note("python") is None
+    monkeypatch.setenv("CNN_BACKEND", "naive")
+    assert cnn.backends.fallback_note() is None
+
+
+IMPORT_UNBUILT = textwrap.dedent("""
+    import sys, warnings
+    {block}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import cnn, cnn.backends as backends
+        print("AT IMPORT:", len(caught))
+        print("AVAILABLE:", backends.available())
+        print("DEFAULT:", backends.get_backend().__name__)
+        backends.get_backend()
+    for w in caught:
+        print("WARNING:", w.category.__name__, w.message)
+""")
+BLOCK_BY_SYS_MODULES = "sys.modules['cnn._conv'] = None"
+BLOCK_BY_HOOK = textwrap.dedent("""
+    class Refuse:   # an import hook: the compiled module is not there
+        def find_spec(self, name, path=None, target=None):
+            if name == 'cnn._conv':
+                raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+    sys.meta_path.insert(0, Refuse())
+""")
+
+
+@pytest.mark.parametrize("block", [BLOCK_BY_SYS_MODULES, BLOCK_BY_HOOK],
+                         ids=["sys.modules", "import-hook"])
+def test_import_warns_once_when_kernels_are_missing(block):
+    proc = run_child(IMPORT_UNBUILT.format(block=block))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "AVAILABLE: {'cython': False, 'python': True, 'naive': True}" in proc.stdout
+    assert "DEFAULT: cnn.backends.numpy_im2col" in proc.stdout
+    assert "AT IMPORT: 1" in proc.stdout, proc.stdout
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1, proc.stdout      # not again per get_backend()
+    assert WARNING in warnings[0], warnings
+    assert "cnn._conv" in warnings[0] and "pip install -e ." in warnings[0], warnings
+
+
+def test_import_is_quiet_when_built_or_numpy_chosen():
+    proc = run_child(IMPORT_UNBUILT.format(block=""))
+    assert proc.returncode == 0, proc.stderr
+    assert "DEFAULT: cnn.backends.cython" in proc.stdout
+    assert WARNING not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    code = "import os; os.environ['CNN_BACKEND'] = 'python'\n" + BLOCK_BY_SYS_MODULES
+    proc = run_child(IMPORT_UNBUILT.format(block=code))
+    assert proc.returncode == 0, proc.stderr
+    assert "DEFAULT: cnn.backends.numpy_im2col" in proc.stdout
+    assert WARNING not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_kernels_found_but_not_loading_warn_at_the_fallback(monkeypatch):
+    """Present for the import-time look but failing to load (e.g. a shared library
+    missing): the default get_backend() warns when it falls back."""
+    monkeypatch.setattr(cnn.backends, "missing_kernels", lambda: [])
+    monkeypatch.setattr(cnn.backends, "_warned", False)
+    monkeypatch.setitem(sys.modules, "cnn._dense", None)
+    monkeypatch.delitem(sys.modules, "cnn.backends.cython", raising=False)
+    with pytest.warns(cnn.backends.KernelsNotBuiltWarning, match="failed to load"):
+        assert get_backend() is module("python")
+    assert "failed to load" in cnn.backends.fallback_note()

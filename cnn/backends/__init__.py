@@ -45,9 +45,17 @@ backends accept ``threads`` and ignore it.
 
 The backend in use is chosen by ``get_backend(name)``, else the ``CNN_BACKEND``
 environment variable, else ``cython`` if built, else ``python``.
+
+That fallback is never silent: a source install that did not compile the
+kernels runs about 2x slower. Importing cnn warns (KernelsNotBuiltWarning, once)
+when a compiled module is missing and no NumPy backend was chosen through
+``CNN_BACKEND``; ``fallback_note()`` is the line the command-line tools print;
+``available()`` says which backends can run here.
 """
 import importlib
+import importlib.util
 import os
+import warnings
 
 BACKENDS = ("cython", "python", "naive")
 OPS = (
@@ -64,8 +72,18 @@ _MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.numpy_im2co
             "naive": "cnn.backends.naive"}
 
 
+# The compiled modules of pyx/, one per .pyx (what cnn.backends.cython imports).
+KERNEL_MODULES = ("cnn._conv", "cnn._conv_relu_pool", "cnn._pool", "cnn._relu",
+                  "cnn._dense", "cnn._softmax", "cnn._batchnorm")
+BUILD_HINT = "build them with `pip install -e .` in the project folder"
+
+
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot be used here (e.g. Cython kernels not built)."""
+
+
+class KernelsNotBuiltWarning(RuntimeWarning):
+    """The compiled kernels are missing: the default backend is the slower ``python``."""
 
 
 def cython_available():
@@ -74,6 +92,58 @@ def cython_available():
     except BackendUnavailable:
         return False
     return True
+
+
+def available():
+    """Which backends can run here: ``{"cython": bool, "python": True, "naive": True}``.
+
+    ``cython`` is True when its compiled kernels import (built for this Python).
+    """
+    return {"cython": cython_available(), "python": True, "naive": True}
+
+
+def missing_kernels():
+    """The compiled modules that cannot be found (without loading any: loading
+    starts OpenMP, which must read its settings later, see cnn/__init__)."""
+    missing = []
+    for name in KERNEL_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):   # an import hook refused it
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def fallback_note(name=None):
+    """None, unless backend ``name`` (None: the default) is the ``python`` fallback
+    for kernels that are not built; then one line saying so and how to build them."""
+    if name is None:
+        name = os.environ.get("CNN_BACKEND") or None
+    if name is not None:        # chosen: cython raises when not built, the others are wanted
+        return None
+    missing = missing_kernels()
+    if missing:
+        why = f"{', '.join(missing)} not found"
+    elif cython_available():
+        return None
+    else:                       # found but failed to load (e.g. a missing shared library)
+        why = "failed to load"
+    return (f"warning: the compiled kernels are not built ({why}): using the python "
+            f"backend (NumPy, about 2x slower); {BUILD_HINT}")
+
+
+def _warn_fallback(note):
+    # Once a process: at import, or at the first default get_backend() if the
+    # modules were found but do not load.
+    global _warned
+    if note and not _warned:
+        _warned = True
+        warnings.warn(note.removeprefix("warning: "), KernelsNotBuiltWarning, stacklevel=3)
+
+
+_warned = False
 
 
 def get_backend(name=None):
@@ -88,8 +158,13 @@ def get_backend(name=None):
         name = os.environ.get("CNN_BACKEND") or None
         source = "CNN_BACKEND"
     if name is None:
-        return importlib.import_module(
-            _MODULES["cython" if cython_available() else "python"])
+        if cython_available():
+            return importlib.import_module(_MODULES["cython"])
+        _warn_fallback(fallback_note())
+        return importlib.import_module(_MODULES["python"])
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}, got {name!r}")
     return importlib.import_module(_MODULES[name.lower()])
+
+
+_warn_fallback(fallback_note() if missing_kernels() else None)
