@@ -58,69 +58,16 @@ import fcntl
 import hashlib
 import json
 import os
-import re
-import stat
 import threading
 import weakref
 
 from cnn.images import upload_policy
 from cnn.io import ModelFileError, atomic_write, load_model
 from service.errors import ApiError
+from service.fifo_lock import FifoLock
+from service.model_folder import (STATE_FILE, STATE_LOCK, file_signature, model_order,
+                                  read_state_file, scan_folder)
 from service.offload import run_blocking
-
-
-class FifoLock:
-    """A lock that waiters get in the order they asked for it.
-
-    Neither threading.Lock nor gevent's lock (what threading.Lock is under the
-    gevent worker) promises an order: a request that arrives while the lock is
-    free between two holders takes it ahead of those already waiting. Under
-    32 concurrent batch-64 clients that made p50 20 ms but p99 1.1-2.0 s
-    (benchmarks/serve.py); handing the lock straight to the oldest waiter
-    keeps the wait of every request near the queue's length.
-    """
-
-    def __init__(self):
-        self._mutex = threading.Lock()
-        self._waiters = collections.deque()
-        self._held = False
-
-    def acquire(self):
-        with self._mutex:
-            if not self._held:
-                self._held = True
-                return True
-            turn = threading.Lock()
-            turn.acquire()
-            self._waiters.append(turn)
-        try:
-            turn.acquire()   # released by release(): the lock is handed over, still held
-        except BaseException:   # interrupted while waiting (a timeout, GreenletExit)
-            with self._mutex:
-                if turn in self._waiters:
-                    self._waiters.remove(turn)
-                else:             # handed over just now: pass it on, or nobody gets it
-                    self._release_locked()
-            raise
-        return True
-
-    def release(self):
-        with self._mutex:
-            self._release_locked()
-
-    def _release_locked(self):
-        if self._waiters:
-            self._waiters.popleft().release()
-        elif self._held:
-            self._held = False
-        else:
-            raise RuntimeError("release of an unlocked FifoLock")
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 class ServedModel:
@@ -206,105 +153,6 @@ def _sha256(path):
     return h.hexdigest()
 
 
-VERSION_FOLDER = re.compile(r"[1-9][0-9]{0,17}")   # Triton's: a positive integer
-VERSIONED_FILE = "model.npz"
-STATE_FILE = ".cnn-repository.json"                # hidden: never taken for a model
-STATE_LOCK = ".cnn-repository.lock"
-MAX_STATE_BYTES = 1 << 20
-
-# One weights file of the folder. key: the file relative to the models folder
-# ("tiny.npz", "digits/2/model.npz"), which names it in answers and logs;
-# version: the VERSION folder's name, None for a flat NAME.npz.
-Candidate = collections.namedtuple("Candidate", "key name version path signature")
-
-
-def _signature(st):
-    """What tells that a file changed: a new inode (the atomic rename cnn.train
-    does) or a rewrite in place (size, mtime, ctime)."""
-    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def scan_folder(directory):
-    """(candidates, conflicts, unreadable) of the models folder, from names and
-    stat() only (cheap enough to repeat every few seconds).
-
-    conflicts: (key, name, error) of files that cannot be served under their
-    name; unreadable: names whose version folder could not be listed (what they
-    serve is kept). Raises OSError when the folder itself cannot be read."""
-    with os.scandir(directory) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    candidates, conflicts, unreadable, flat = [], [], set(), []
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        try:
-            if entry.is_dir():
-                versions = _scan_versions(entry.name, entry.path)
-                candidates.extend(versions)
-                continue
-            stem, ext = os.path.splitext(entry.name)
-            if ext.lower() == ".npz" and stem and entry.is_file():
-                flat.append((stem, entry, _signature(entry.stat())))
-        except OSError:   # keep what this name serves until it can be read again
-            unreadable.update((entry.name, os.path.splitext(entry.name)[0]))
-    names = {c.name for c in candidates}
-    for stem, entry, signature in flat:
-        if stem in names:
-            versioned = any(c.name == stem and c.version for c in candidates)
-            conflicts.append((entry.name, stem,
-                              f"{entry.name}: model {stem!r} is served from the folder "
-                              f"{stem}/ (its versions); remove one of the two"
-                              if versioned else
-                              f"another weights file is already served as {stem!r}"))
-            continue
-        names.add(stem)
-        candidates.append(Candidate(entry.name, stem, None, entry.path, signature))
-    candidates.sort(key=_order)
-    return candidates, conflicts, unreadable
-
-
-def _scan_versions(name, folder):
-    """The NAME/VERSION/model.npz files of one model folder (a version folder
-    without model.npz is not a version yet: it may be being filled)."""
-    found = []
-    with os.scandir(folder) as it:
-        for entry in it:
-            if not VERSION_FOLDER.fullmatch(entry.name):
-                continue
-            path = os.path.join(entry.path, VERSIONED_FILE)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found.append(Candidate(f"{name}/{entry.name}/{VERSIONED_FILE}", name,
-                                       entry.name, path, _signature(st)))
-    return found
-
-
-def _order(item):
-    """Sort key of candidates, served and failed models: name, then version by value."""
-    version = item.version
-    return (item.name, int(version) if version and version.isdigit() else 0, item.key)
-
-
-def read_state_file(path):
-    """The set of model names the state file says are unloaded; FileNotFoundError
-    when there is none, ValueError when it is not one the service wrote."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_STATE_BYTES + 1)
-    if len(data) > MAX_STATE_BYTES:
-        raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
-    try:
-        state = json.loads(data)
-    except ValueError:
-        raise ValueError("not JSON") from None
-    unloaded = state.get("unloaded") if isinstance(state, dict) else None
-    if not isinstance(unloaded, list) or not all(isinstance(n, str) for n in unloaded):
-        raise ValueError('not {"unloaded": [model names]}')
-    return frozenset(unloaded)
-
-
 class _View:
     """What a worker serves at one moment. A new view replaces the old one whole
     (one attribute assignment), so a request reads a consistent set of models
@@ -312,13 +160,13 @@ class _View:
 
     def __init__(self, loaded=(), failed=(), candidates=(), unloaded=frozenset(),
                  folder_error=None):
-        self.by_key = {m.key: m for m in sorted(loaded, key=_order)}
+        self.by_key = {m.key: m for m in sorted(loaded, key=model_order)}
         self.versions = {}     # name -> {version: ServedModel}, versions ascending
         for served in self.by_key.values():
             self.versions.setdefault(served.name, {})[served.version] = served
         self.models = {name: list(v.values())[-1]         # the highest version
                        for name, v in sorted(self.versions.items())}
-        self.failed = {f.key: f for f in sorted(failed, key=_order)}
+        self.failed = {f.key: f for f in sorted(failed, key=model_order)}
         self.candidates = {c.key: c for c in candidates}
         self.unloaded = unloaded
         self.folder_error = folder_error
@@ -462,7 +310,7 @@ class ModelRegistry:
             outcome = (None, f"{c.key}: could not be loaded (an unexpected error; the "
                              f"server log has the details)")
         try:
-            if _signature(os.stat(c.path)) != c.signature:
+            if file_signature(os.stat(c.path)) != c.signature:
                 return None
         except OSError:
             return None
@@ -478,7 +326,7 @@ class ModelRegistry:
         re-read when the state file changed; a broken file is logged and the
         last good state kept."""
         try:
-            signature = _signature(os.stat(self.state_path))
+            signature = file_signature(os.stat(self.state_path))
         except FileNotFoundError:
             self._state_signature = None
             return frozenset()
@@ -653,7 +501,7 @@ class ModelRegistry:
                 entry["reason"] = view.failed[key].error
             entries[key] = entry
         rows = []
-        for key in sorted(entries, key=lambda k: _order(_Keyed(k, **entries[k]))):
+        for key in sorted(entries, key=lambda k: model_order(_Keyed(k, **entries[k]))):
             entry = {k: v for k, v in entries[key].items() if v is not None}
             if not ready_only or entry["state"] == "READY":
                 rows.append(entry)
