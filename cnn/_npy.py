@@ -30,20 +30,21 @@ def describe(exc, limit=200):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def read_npy_header(fp):
-    """(shape, dtype) of the .npy stream ``fp``, left at the start of its data.
+def read_npy_header(fp, with_order=False):
+    """(shape, dtype) of the .npy stream ``fp``, left at the start of its data
+    ((shape, dtype, fortran_order) with ``with_order``).
 
     Versions 1.0 and 2.0 only; anything NumPy's parser raises becomes an
     :class:`NpyHeaderError` (object dtypes are returned: callers refuse them)."""
     try:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
         elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
         else:
             raise ValueError(f"format version {version[0]}.{version[1]} is not supported "
                              f"(use 1.0 or 2.0)")
     except Exception as exc:  # noqa: BLE001 - NumPy's header parser on untrusted bytes
         raise NpyHeaderError(describe(exc)) from None
-    return tuple(shape), dtype
+    return (tuple(shape), dtype, bool(fortran)) if with_order else (tuple(shape), dtype)

@@ -52,7 +52,7 @@ import math
 import numpy as np
 from flask import current_app
 
-from cnn._npy import NpyHeaderError, describe, read_npy_header
+from cnn._npy import NpyHeaderError, read_npy_header
 from cnn.images import (ALLOWED_FORMATS, ImageError, PixelBudgetError, decode_images,
                         pixels_from_array, upload_policy)
 from service.errors import ApiError
@@ -357,8 +357,9 @@ def npy_pixels(body, served, max_images, what="the request body"):
     structured or other dtypes: nothing is ever unpickled), one of the shapes
     of {"pixels": ...} (:func:`_pixel_shapes`), 1..max_images images (413 above),
     and exactly as many data bytes as the header declares (a truncated or
-    padded file is refused). The pixels are then read with
-    ``np.load(..., allow_pickle=False)`` and treated as the JSON "pixels" are
+    padded file is refused). The pixels are then the body's data bytes viewed
+    as that dtype and shape (``np.frombuffer``: no second header parse, never
+    a pickle) and treated as the JSON "pixels" are
     (``cnn.images.pixels_from_array``: finite, 0-255, or 0-1 when no value is
     > 1; never inverted or resized).
     """
@@ -373,7 +374,7 @@ def npy_pixels(body, served, max_images, what="the request body"):
                             f"magic bytes \\x93NUMPY); write it with np.save")
     fp = io.BytesIO(body)
     try:
-        shape, dtype = read_npy_header(fp)
+        shape, dtype, fortran = read_npy_header(fp, with_order=True)
     except NpyHeaderError as exc:
         raise ApiError(400, f"{what} has an unreadable header ({exc})") from None
     if dtype.hasobject:
@@ -395,10 +396,10 @@ def npy_pixels(body, served, max_images, what="the request body"):
         raise ApiError(400, f"{what} {problem}: its header declares {tuple(shape)} "
                             f"{dtype} = {data_bytes:,} bytes of data, the file has "
                             f"{have:,}")
-    try:
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 # pragma: no cover - all checked above
-        raise ApiError(400, f"{what} cannot be read ({describe(exc)})") from None
+    # The data as the header declared it, without a second parse of the header
+    # (np.load would redo it: ~7% of a worker's time on batch-1 .npy requests).
+    arr = np.frombuffer(body, dtype=dtype, count=n * c * h * w, offset=fp.tell()) \
+        .reshape(shape, order="F" if fortran else "C")
     try:
         return pixels_from_array(arr, size=(h, w), channels=c)
     except ValueError as exc:
