@@ -31,6 +31,23 @@ def __getattr__(name):
     raise AttributeError(f"module 'cnn' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+def _version():
+    # One version number: pyproject.toml's, as the installed metadata records it.
+    # A source tree used without installing has no metadata: read the file.
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("cnn")
+    except PackageNotFoundError:
+        import re
+        from pathlib import Path
+        try:
+            text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        except OSError:
+            return "0+unknown"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return found.group(1) if found else "0+unknown"
+
+
+__version__ = _version()
 __all__ = ["export_onnx", "get_backend", "get_num_threads", "load_model", "set_num_threads",
            "__version__"]

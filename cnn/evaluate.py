@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from cnn import __version__, get_num_threads
-from cnn.backends import BackendUnavailable, get_backend
+from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.data import DataError
 from cnn.data import DATA_DIR_ENV, DEFAULT_DATA_DIR, load_dataset
 from cnn.datasets import input_shape_of, load_data
@@ -43,6 +43,7 @@ IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m cnn.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"cnn {__version__}")
     p.add_argument("model", metavar="MODEL",
                    help="weights file written by python -m cnn.train (e.g. models/convnet.npz)")
     p.add_argument("--data-dir", default=None,
@@ -258,6 +259,9 @@ def main(argv=None):
         get_backend(args.backend)
     except (BackendUnavailable, ValueError) as exc:
         return fail(f"--backend: {exc}")
+    note = fallback_note(args.backend)
+    if note:
+        print(f"{PROG}: {note}", file=sys.stderr)
     if args.plot is not None:
         try:
             args.plot = plot_path(args.plot)

@@ -217,8 +217,10 @@ def max_difference(model, data, images=VERIFY_IMAGES, seed=0):
 
 
 def build_parser():
+    from cnn import __version__
     p = argparse.ArgumentParser(prog="python -m cnn.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"cnn {__version__}")
     p.add_argument("model", metavar="MODEL",
                    help="weights file written by python -m cnn.train (e.g. models/convnet.npz)")
     p.add_argument("output", metavar="OUTPUT", help="the ONNX file to write (e.g. convnet.onnx)")
@@ -241,6 +243,7 @@ def _check_output(path):
 
 
 def main(argv=None):
+    from cnn.backends import fallback_note
     from cnn.io import ModelFileError, atomic_write, load_model
     args = build_parser().parse_args(argv)
     problem = _check_output(args.output)
@@ -250,6 +253,9 @@ def main(argv=None):
         onnx = _onnx()
     except ImportError as exc:
         return fail(str(exc), 1)
+    note = fallback_note()
+    if note:
+        print(f"{PROG}: {note}", file=sys.stderr)
     try:
         model = load_model(args.model)
     except ModelFileError as exc:

@@ -26,7 +26,8 @@ import sys
 
 import numpy as np
 
-from cnn.backends import BackendUnavailable, get_backend
+from cnn import __version__
+from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.images import ImageError, decode_image, upload_policy
 from cnn.io import ModelFileError, load_model
 from cnn._cli import fail as _fail, positive_int
@@ -38,6 +39,7 @@ INVERT = {"auto": "auto", "yes": True, "no": False}
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m cnn.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"cnn {__version__}")
     p.add_argument("model", metavar="MODEL",
                    help="weights file written by python -m cnn.train (e.g. models/convnet.npz)")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files to classify")
@@ -79,6 +81,9 @@ def main(argv=None):
         get_backend(args.backend)
     except (BackendUnavailable, ValueError) as exc:
         return fail(f"--backend: {exc}")
+    note = fallback_note(args.backend)
+    if note:
+        print(f"{PROG}: {note}", file=sys.stderr)
     try:
         model = load_model(args.model, backend=args.backend, threads=args.threads)
     except ModelFileError as exc:

@@ -47,7 +47,7 @@ from cnn import __version__
 from cnn._cli import (fail as _fail, fraction, non_negative_float, non_negative_int,
                       positive_float, positive_int, steps_or_seconds, unwritable_folder)
 from cnn.architectures import ARCHITECTURES, build_architecture
-from cnn.backends import BackendUnavailable, get_backend
+from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.data import DataError, Normalizer, train_val_split
 from cnn.datasets import input_shape_of, load_data, record_of
 from cnn.io import ModelFileError, read_model_file, save_model
@@ -63,6 +63,7 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m cnn.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"cnn {__version__}")
     p.add_argument("--arch", default="convnet",
                    help=f"{', '.join(ARCHITECTURES)}, a JSON file of layer configs, or a "
                         f"spec such as conv32k3p1-relu-maxpool2-flatten-dense10 "
@@ -528,8 +529,9 @@ def run(argv=None):
           f"{f', augment {args.augment}' if args.augment else ''}"
           f"{f', early stopping (patience {args.early_stopping}, {args.monitor})' if args.early_stopping else ''}, "
           f"seed {args.seed}")
-    for note in notes:
-        print(f"  {note}")
+    for note in [fallback_note(args.backend)] + notes:
+        if note:
+            print(f"  {note}")
     if stale:
         print(f"  removed {len(stale)} temporary file(s) left by a killed run: "
               f"{', '.join(os.path.basename(p) for p in stale)}")

@@ -17,6 +17,8 @@ import pytest
 from cnn import __version__
 from cnn.data import DEFAULT_DATA_DIR, load_dataset
 from cnn.io import load_model
+# imported here, not under capsys: cnn.training.fit binds sys.stdout as its default stream
+from cnn.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -270,3 +272,126 @@ def test_train_bad_arguments(args, words, tmp_path):
     proc = run("cnn.train", *args, "--out", tmp_path / "x.npz", cwd=tmp_path)
     assert_clean_error(proc, *words)
     assert not (tmp_path / "x.npz").exists()
+
+
+# ------------------------------------------------------ version and the cnn command
+
+TOOLS = ["cnn.train", "cnn.evaluate", "cnn.predict", "cnn.export"]
+COMMANDS = ["train", "evaluate", "predict", "export", "bench"]
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_version_flag(name, capsys):
+    import importlib
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(name).main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"cnn {__version__}\n"
+
+
+def test_version_is_read_from_the_package_metadata(monkeypatch):
+    import importlib.metadata
+    import cnn
+    assert __version__ == importlib.metadata.version("cnn")
+
+    # a source tree without metadata: pyproject.toml's number
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+    monkeypatch.setattr(importlib.metadata, "version", {"cnn": "9.8.7"}.get)
+    assert cnn._version() == "9.8.7"      # read at run time, not written in the code
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert cnn._version() == declared
+
+
+def test_cnn_command_help_and_version(tmp_path):
+    proc = run("cnn", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for command in COMMANDS:
+        assert re.search(rf"^  {command}\s+\w", proc.stdout, re.M), (command, proc.stdout)
+    proc = run("cnn", "--version", cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, f"cnn {__version__}\n"), proc.stderr
+
+
+def test_cnn_command_errors(tmp_path):
+    assert_clean_error(run("cnn", "trian", cwd=tmp_path), "trian", "train", "bench")
+    assert_clean_error(run("cnn", cwd=tmp_path), "COMMAND")
+    # the subcommand's own checks answer for it
+    assert_clean_error(run("cnn", "train", "--epochs", 0, cwd=tmp_path), "--epochs")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_cnn_command_hands_its_arguments_to_the_module(command, monkeypatch):
+    import importlib
+    from cnn.__main__ import main
+    seen = []
+    monkeypatch.setattr(importlib.import_module(f"cnn.{command}"), "main",
+                        lambda argv: seen.append(argv) or 7)
+    assert main([command, "--help", "x", "--version"]) == 7    # its status, its flags
+    assert seen == [["--help", "x", "--version"]]
+
+
+def test_cnn_predict_is_python_m_cnn_predict(trained, png_files, capsys):
+    from cnn.__main__ import main
+    from cnn.predict import main as predict
+    args = [str(trained[1]), *map(str, png_files[0][:3]), "--json"]
+    assert predict(args) == 0
+    expected = capsys.readouterr().out
+    assert main(["predict", *args]) == 0
+    assert capsys.readouterr().out == expected and json.loads(expected)
+
+
+# ------------------------------------------- the kernels not built: the CLIs say so
+
+
+@pytest.fixture
+def unbuilt(monkeypatch):
+    """The compiled kernels gone, as in a source install that did not build them."""
+    import cnn.backends
+    monkeypatch.setitem(sys.modules, "cnn._conv", None)
+    monkeypatch.delitem(sys.modules, "cnn.backends.cython", raising=False)
+    monkeypatch.setattr(cnn.backends, "_warned", True)      # the import warning: test_backends
+    monkeypatch.delenv("CNN_BACKEND", raising=False)
+
+
+def not_built_lines(text):
+    return [line for line in text.splitlines() if "kernels are not built" in line]
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "predict", "export"])
+def test_tools_print_one_line_when_falling_back(tool, unbuilt, trained, tmp_path, capsys):
+    import importlib
+    main = importlib.import_module(f"cnn.{tool}").main
+    missing = str(tmp_path / "missing.npz")     # the line comes first, then the error
+    args = {"evaluate": [missing], "predict": [missing, "x.png"],
+            "export": [missing, str(tmp_path / "m.onnx")]}[tool]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = not_built_lines(err)
+    assert len(lines) == 1 and lines[0].startswith(f"cnn.{tool}: warning:"), err
+    assert "cnn._conv" in lines[0] and "pip install -e ." in lines[0], lines
+    if tool != "export":                        # a chosen backend is no fallback
+        assert main(args + ["--backend", "python"]) == 2
+        assert not not_built_lines(capsys.readouterr().err)
+
+
+def test_tools_quiet_when_the_kernels_are_built(tmp_path, capsys):
+    from cnn.predict import main
+    assert main([str(tmp_path / "missing.npz"), "x.png"]) == 2
+    assert not not_built_lines(capsys.readouterr().err)
+
+
+def test_train_header_says_when_falling_back(unbuilt, tmp_path, capsys):
+    assert train_main(["--limit", "64", "--epochs", "1", "--arch",
+                 "conv4k3-relu-maxpool2-flatten-dense10", "--out", str(tmp_path / "t.npz"),
+                 "--progress", "lines"]) == 0
+    out = capsys.readouterr().out
+    header = out.split("\nEpoch 1/1")[0].splitlines()
+    assert header[1].startswith("  backend python,"), out
+    assert len(not_built_lines("\n".join(header))) == 1, out
