@@ -45,7 +45,7 @@ def format_metrics(metrics):
 
 def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, rng,
         start_epoch=0, position=None, augment=None, on_epoch_end=None, on_step_end=None,
-        progress=None, stream=sys.stdout):
+        progress=None, stream=None):
     """Train ``model`` from ``start_epoch`` to ``epochs``.
 
     train, val: (x normalised float32 (N, C, H, W), y int64 (N,)).
@@ -67,6 +67,8 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
     n = len(x_train)
     steps = (n + batch_size - 1) // batch_size
     every = max(1, steps // CURVE_POINTS)
+    if stream is None:      # (sys.stdout of now, not of the import: pytest swaps it)
+        stream = sys.stdout
     if progress is None:
         progress = hasattr(stream, "isatty") and stream.isatty()
     if position is not None:
