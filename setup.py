@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 import numpy
-from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 
@@ -66,7 +66,20 @@ extensions = [
     or pyx.stem in os.environ["CNN_BUILD_ONLY"].split(",")
 ]
 
-setup(
-    ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES,
-                          compile_time_env={"CNN_OPENMP": bool(omp_compile)}),
-)
+
+class cythonize_then_build_ext(build_ext):
+    """Cythonize when the extensions are built, not whenever setup.py runs: an
+    sdist then carries the .pyx sources alone (not .c files made by whichever
+    Cython was at hand), and `python -m build --sdist` skips the ~9 s of it."""
+
+    def run(self):
+        from Cython.Build import cythonize  # a build requirement (pyproject.toml)
+
+        generated = cythonize(self.extensions, compiler_directives=DIRECTIVES,
+                              compile_time_env={"CNN_OPENMP": bool(omp_compile)})
+        for ext, c_ext in zip(self.extensions, generated):
+            ext.sources = c_ext.sources
+        super().run()
+
+
+setup(ext_modules=extensions, cmdclass={"build_ext": cythonize_then_build_ext})
