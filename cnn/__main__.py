@@ -5,6 +5,7 @@
     cnn predict [...]    same as python -m cnn.predict [...]
     cnn export [...]     same as python -m cnn.export [...]
     cnn bench [...]      same as python -m cnn.bench [...]
+    cnn serve [...]      gunicorn with the packaged settings (cnn.serve)
     cnn --version
 
 ``cnn COMMAND --help`` shows a command's own flags. Everything after COMMAND is
@@ -26,6 +27,7 @@ COMMANDS = {
     "predict": ("cnn.predict", "classify image files with a weights file"),
     "export": ("cnn.export", "write a weights file as an ONNX graph"),
     "bench": ("cnn.bench", "time the kernels, training and peers (PyTorch, ONNX Runtime)"),
+    "serve": ("cnn.serve", "serve a folder of weights files over HTTP (gunicorn)"),
 }
 
 
