@@ -30,10 +30,10 @@ import io
 import json
 import os
 import resource
+import struct
 import subprocess
 import sys
 import tempfile
-import struct
 import time
 import zlib
 

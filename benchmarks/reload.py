@@ -40,9 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._gunicorn import free_port, stop, wait_ready  # noqa: E402
 from cnn.architectures import build_architecture  # noqa: E402
 from cnn.io import save_model  # noqa: E402
-from benchmarks._gunicorn import free_port, stop, wait_ready  # noqa: E402
 
 ARCH = "conv8k3p1-relu-maxpool2-flatten-dense10"
 START_TIMEOUT = STOP_TIMEOUT = 30

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._gunicorn import free_port, stop, wait_ready  # noqa: E402
+
 TARGET_MIB, TARGET_CPU = 256, 1.0
 BODY_LIMIT = 16 * 1024 * 1024
 

@@ -23,8 +23,18 @@ import json
 import os
 import re
 
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                        GlobalAvgPool2D, MaxPool2D, ReLU, layer_from_config)
+from cnn.layers import (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+    layer_from_config,
+)
 from cnn.model import Sequential
 
 

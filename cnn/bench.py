@@ -761,6 +761,7 @@ def _torch_accuracy_child(epochs, threads, data_dir=None, seed=0):
     initial weights, shuffling, Adam and per-step cosine schedule); test accuracy."""
     import torch
     import torch.nn.functional as F
+
     from cnn.optim import Schedule
     torch.set_num_threads(threads)
     _, x_tr, y_tr, _, _, x_te, y_te = _recipe_data(data_dir, seed)

@@ -27,14 +27,13 @@ import sys
 import numpy as np
 
 from cnn import __version__, get_num_threads
+from cnn._cli import fail as _fail, positive_int, unwritable_folder
 from cnn.backends import BackendUnavailable, fallback_note, get_backend
-from cnn.data import DataError
-from cnn.data import DATA_DIR_ENV, DEFAULT_DATA_DIR, load_dataset
+from cnn.data import DATA_DIR_ENV, DEFAULT_DATA_DIR, DataError, load_dataset
 from cnn.datasets import input_shape_of, load_data
 from cnn.datasets.folder import is_image_folder
 from cnn.datasets.idx import is_idx_folder, is_idx_test_folder
 from cnn.io import ModelFileError, atomic_write, load_model
-from cnn._cli import fail as _fail, positive_int, unwritable_folder
 
 PROG = "cnn.evaluate"
 IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)

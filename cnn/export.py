@@ -110,6 +110,7 @@ def to_onnx(model):
     docstring for its inputs, outputs and metadata); checked by onnx.checker."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
+
     from cnn.model import Sequential
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a cnn Sequential model, got {type(model).__name__}")

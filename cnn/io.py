@@ -44,8 +44,17 @@ from typing import NamedTuple
 import numpy as np
 
 from cnn._npy import NpyHeaderError, read_npy_header
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                        GlobalAvgPool2D, MaxPool2D, ReLU)
+from cnn.layers import (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
 from cnn.model import Sequential
 
 FORMAT = "cnn-weights"

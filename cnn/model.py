@@ -8,7 +8,7 @@ trained with (``normalization``, saved in the weights file).
 import numpy as np
 
 from cnn.backends import get_backend
-from cnn.layers import ConvReLUMaxPool, Conv2D, MaxPool2D, ReLU, layer_from_config
+from cnn.layers import Conv2D, ConvReLUMaxPool, MaxPool2D, ReLU, layer_from_config
 
 
 def softmax(logits):

@@ -27,10 +27,10 @@ import sys
 import numpy as np
 
 from cnn import __version__
+from cnn._cli import fail as _fail, positive_int
 from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.images import ImageError, decode_image, upload_policy
 from cnn.io import ModelFileError, load_model
-from cnn._cli import fail as _fail, positive_int
 
 PROG = "cnn.predict"
 INVERT = {"auto": "auto", "yes": True, "no": False}

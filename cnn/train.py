@@ -43,18 +43,25 @@ import time
 
 import numpy as np
 
-from cnn import __version__
-from cnn._cli import (fail as _fail, fraction, non_negative_float, non_negative_int,
-                      positive_float, positive_int, steps_or_seconds, unwritable_folder)
+from cnn import __version__, history as run_history
+from cnn._cli import (
+    fail as _fail,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    steps_or_seconds,
+    unwritable_folder,
+)
 from cnn.architectures import ARCHITECTURES, build_architecture
 from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.data import DataError, Normalizer, train_val_split
 from cnn.datasets import input_shape_of, load_data, record_of
+from cnn.early_stopping import EarlyStopping
 from cnn.io import ModelFileError, read_model_file, save_model
 from cnn.model import Sequential
 from cnn.optim import Schedule, make_optimizer
-from cnn import history as run_history
-from cnn.early_stopping import EarlyStopping
 from cnn.training import evaluate_logits, fit
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}

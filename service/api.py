@@ -5,10 +5,19 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
 from service.errors import ApiError
+from service.inputs import (
+    NPY_CONTENT_TYPE,
+    check_count,
+    decode_batch,
+    json_image_items,
+    json_pixels,
+    json_value_limit,
+    multipart_batch,
+    multipart_items,
+    npy_pixels,
+    read_json,
+)
 from service.offload import run_blocking
-from service.inputs import (NPY_CONTENT_TYPE, check_count, decode_batch, json_image_items,
-                            json_pixels, json_value_limit, multipart_batch, multipart_items,
-                            npy_pixels, read_json)
 
 bp = Blueprint("api", __name__)
 

@@ -53,11 +53,16 @@ import numpy as np
 from flask import current_app
 
 from cnn._npy import NpyHeaderError, read_npy_header
-from cnn.images import (ALLOWED_FORMATS, ImageError, PixelBudgetError, decode_images,
-                        pixels_from_array, upload_policy)
+from cnn.images import (
+    ALLOWED_FORMATS,
+    ImageError,
+    PixelBudgetError,
+    decode_images,
+    pixels_from_array,
+    upload_policy,
+)
 from service.errors import ApiError
 from service.multipart import simple_file_parts
-
 
 # Slack over the values a full batch needs, for the commas between keys, inputs
 # and the data: URLs of base64 images.

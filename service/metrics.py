@@ -35,8 +35,14 @@ import os
 import time
 
 from flask import Blueprint, Response, current_app, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 bp = Blueprint("metrics", __name__)
 

@@ -9,7 +9,6 @@ import os
 import re
 import stat
 
-
 VERSION_FOLDER = re.compile(r"[1-9][0-9]{0,17}")   # Triton's: a positive integer
 VERSIONED_FILE = "model.npz"
 STATE_FILE = ".cnn-repository.json"                # hidden: never taken for a model

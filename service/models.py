@@ -65,8 +65,14 @@ from cnn.images import upload_policy
 from cnn.io import ModelFileError, atomic_write, load_model
 from service.errors import ApiError
 from service.fifo_lock import FifoLock
-from service.model_folder import (STATE_FILE, STATE_LOCK, file_signature, model_order,
-                                  read_state_file, scan_folder)
+from service.model_folder import (
+    STATE_FILE,
+    STATE_LOCK,
+    file_signature,
+    model_order,
+    read_state_file,
+    scan_folder,
+)
 from service.offload import run_blocking
 
 
@@ -98,7 +104,7 @@ class ServedModel:
         """Class probabilities (N, K) of raw pixels, one forward pass at a time
         (off the event loop under gevent: service.offload). In a request,
         concurrent calls for this model share a pass (service.batching)."""
-        from service.batching import current_batcher   # (this method is its one user)
+        from service.batching import current_batcher  # (this method is its one user)
         batcher = current_batcher()
         if batcher is not None:
             return batcher.predict_proba(self, x)

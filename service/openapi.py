@@ -20,8 +20,8 @@ import copy
 from flask import Blueprint, jsonify
 
 import cnn
-from service.v2_tensors import HEADER_LENGTH, V2_DATATYPES
 from service import repository
+from service.v2_tensors import HEADER_LENGTH, V2_DATATYPES
 
 bp = Blueprint("openapi", __name__)
 

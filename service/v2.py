@@ -62,8 +62,8 @@ from flask import Blueprint, current_app, jsonify, request
 import cnn
 from service.errors import ApiError
 from service.inputs import json_value_limit
-from service.v2_tensors import HEADER_LENGTH, v2_request, v2_tensor
 from service.offload import run_blocking
+from service.v2_tensors import HEADER_LENGTH, v2_request, v2_tensor
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from service.errors import ApiError
-from service.inputs import json_type, type_name, check_count, nesting_depth
+from service.inputs import check_count, json_type, nesting_depth, type_name
 
 V2_INTEGER_TYPES = {"UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
                     "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8"}

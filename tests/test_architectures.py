@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 
 from cnn.architectures import ARCHITECTURES, build_architecture, parse_spec
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                        GlobalAvgPool2D, MaxPool2D, ReLU)
+from cnn.layers import (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
 
 CLASSES = [f"class{i}" for i in range(10)]
 

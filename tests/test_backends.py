@@ -11,8 +11,7 @@ import textwrap
 import pytest
 
 import cnn.backends
-from cnn.backends import (BACKENDS, OPS, BackendUnavailable, cython_available,
-                          get_backend)
+from cnn.backends import BACKENDS, OPS, BackendUnavailable, cython_available, get_backend
 
 MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.numpy_im2col",
            "naive": "cnn.backends.naive"}

@@ -8,8 +8,18 @@ import time
 import numpy as np
 import pytest
 
-from cnn.data import (DEFAULT_DATA_DIR, FASHION_MNIST_CLASSES, DataError, Dataset, Normalizer,
-                      augment, iterate_minibatches, load_dataset, read_idx, train_val_split)
+from cnn.data import (
+    DEFAULT_DATA_DIR,
+    FASHION_MNIST_CLASSES,
+    DataError,
+    Dataset,
+    Normalizer,
+    augment,
+    iterate_minibatches,
+    load_dataset,
+    read_idx,
+    train_val_split,
+)
 from tests.conftest import idx_bytes, make_idx_folder, write_bytes
 
 

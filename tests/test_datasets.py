@@ -7,8 +7,7 @@ from PIL import Image
 
 from cnn import datasets
 from cnn.data import DataError, Dataset
-from cnn.datasets import folder as folder_mod
-from cnn.datasets import load_data
+from cnn.datasets import folder as folder_mod, load_data
 
 
 def save(path, array, fmt=None, **kwargs):
@@ -269,6 +268,7 @@ def test_augment_shifts_colour_batches_with_a_fill_per_channel():
 def run_train(cwd, *args):
     import subprocess
     import sys
+
     from tests.test_train import env
     return subprocess.run([sys.executable, "-m", "cnn.train", "--epochs", "1", "--progress",
                            "lines", "--arch", "conv4k3p1-relu-maxpool2-flatten-dense3",
@@ -331,6 +331,7 @@ def test_train_mixed_sizes_and_image_size_on_idx_are_clear_errors(tmp_path, make
 
 def test_evaluate_a_folder_model_on_exactly_the_held_out_images(tmp_path, capsys):
     import json
+
     from cnn.evaluate import main
     from cnn.io import read_model_file
     make_flat(tmp_path / "d", n=12, kind=gray)

@@ -22,8 +22,17 @@ import cnn  # noqa: E402
 from cnn import export  # noqa: E402
 from cnn.architectures import ARCHITECTURES, build_architecture  # noqa: E402
 from cnn.io import save_model  # noqa: E402
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,  # noqa: E402
-                        Layer, MaxPool2D, ReLU)
+from cnn.layers import (  # noqa: E402
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    ReLU,
+)
 from cnn.model import Sequential  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

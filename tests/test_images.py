@@ -18,9 +18,16 @@ import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageFilter, ImageOps, features
 
 import cnn.images.decode as decode_module
+from cnn.images import (
+    ALLOWED_FORMATS,
+    MAX_PIXELS,
+    ImageError,
+    PixelBudgetError,
+    decode_image,
+    decode_images,
+    pixels_from_array,
+)
 from cnn.images.png import _simple_png
-from cnn.images import (ALLOWED_FORMATS, MAX_PIXELS, ImageError, PixelBudgetError, decode_image,
-                        decode_images, pixels_from_array)
 
 LANCZOS = Image.Resampling.LANCZOS
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn.datasets import load_data
-from cnn.datasets import folder as folder_mod
+from cnn.datasets import folder as folder_mod, load_data
 from cnn.images import ImageError, UploadPolicy, decode_image, decode_images, upload_policy
 from cnn.images.pixels import pixels_from_array
 from cnn.images.policy import light_on_black

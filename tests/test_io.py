@@ -14,10 +14,18 @@ import numpy as np
 import pytest
 
 import cnn
-from cnn.architectures import build_architecture
-from cnn.architectures import ARCHITECTURES
-from cnn.io import (FORMAT, MAX_BYTES, VERSION, ModelFileError, atomic_write, declared_shapes,
-                    load_model, read_model_file, save_model)
+from cnn.architectures import ARCHITECTURES, build_architecture
+from cnn.io import (
+    FORMAT,
+    MAX_BYTES,
+    VERSION,
+    ModelFileError,
+    atomic_write,
+    declared_shapes,
+    load_model,
+    read_model_file,
+    save_model,
+)
 from tests import hostile
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",

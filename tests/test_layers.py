@@ -5,8 +5,19 @@ import numpy as np
 import pytest
 
 from cnn.backends import get_backend
-from cnn.layers import (LAYER_TYPES, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                        GlobalAvgPool2D, MaxPool2D, ReLU, layer_from_config)
+from cnn.layers import (
+    LAYER_TYPES,
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+    layer_from_config,
+)
 
 BACKENDS = ["cython", "python"]
 

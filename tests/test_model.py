@@ -4,8 +4,7 @@ import pytest
 
 from cnn.architectures import build_architecture
 from cnn.backends import get_backend
-from cnn.layers import (AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
-                        ReLU)
+from cnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from cnn.model import Sequential
 
 BACKENDS = ["cython", "python"]

@@ -53,6 +53,7 @@ def test_top_k_keeps_the_lower_label_first():
 
 def test_predict_cli_lists_ties_in_label_order(tmp_path, capsys):
     from PIL import Image
+
     from cnn.predict import main
     save_model(tmp_path / "tied.npz", tied_model())
     Image.fromarray(images(1)[0]).save(tmp_path / "a.png")

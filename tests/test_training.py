@@ -13,6 +13,7 @@ from cnn.data import DEFAULT_DATA_DIR, Normalizer, load_dataset
 from cnn.optim import SGD, Schedule, make_optimizer
 from cnn.training import evaluate_logits, fit
 
+
 @pytest.fixture(scope="module")
 def fashion():
     """2000 training and 1000 test images of the real Fashion-MNIST, normalised."""

@@ -6,15 +6,18 @@ code runs, so these functions are safe to call with any input.
 from cnn.backends import BackendUnavailable
 
 try:
-    from cnn._conv import conv2d_forward, conv2d_backward
-    from cnn._conv_relu_pool import (conv2d_relu_maxpool2d_forward,
-                                     conv2d_relu_maxpool2d_backward)
-    from cnn._pool import (maxpool2d_forward, maxpool2d_backward,
-                           avgpool2d_forward, avgpool2d_backward)
-    from cnn._relu import relu_forward, relu_backward
-    from cnn._dense import dense_forward, dense_backward
+    from cnn._batchnorm import batchnorm2d_backward, batchnorm2d_forward
+    from cnn._conv import conv2d_backward, conv2d_forward
+    from cnn._conv_relu_pool import conv2d_relu_maxpool2d_backward, conv2d_relu_maxpool2d_forward
+    from cnn._dense import dense_backward, dense_forward
+    from cnn._pool import (
+        avgpool2d_backward,
+        avgpool2d_forward,
+        maxpool2d_backward,
+        maxpool2d_forward,
+    )
+    from cnn._relu import relu_backward, relu_forward
     from cnn._softmax import softmax_cross_entropy
-    from cnn._batchnorm import batchnorm2d_forward, batchnorm2d_backward
 except ImportError as exc:  # not built, or built for another Python
     raise BackendUnavailable(
         "the cython backend is not built: run `pip install -e .` in the project "

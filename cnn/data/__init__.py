@@ -29,12 +29,18 @@ from cnn.data.augment import augment
 from cnn.data.batches import iterate_minibatches
 from cnn.data.dataset import Dataset
 from cnn.data.errors import DataError
-from cnn.data.fashion_mnist import (DATA_DIR_ENV, DEFAULT_DATA_DIR, FASHION_MNIST_CLASSES,
-                                    find_idx_file, load_dataset)
+from cnn.data.fashion_mnist import (
+    DATA_DIR_ENV,
+    DEFAULT_DATA_DIR,
+    FASHION_MNIST_CLASSES,
+    find_idx_file,
+    load_dataset,
+)
 from cnn.data.idx import read_idx
 from cnn.data.normalize import Normalizer
 from cnn.data.split import train_val_split
 
+# isort: split
 # The other public constants of the single-file cnn.data, importable from here as before.
 from cnn.data.fashion_mnist import CLASSES_FILE, INSTALL_HINT  # noqa: F401
 from cnn.data.idx import GZIP_MAGIC, IDX_DTYPES, IDX_TYPE_NAMES  # noqa: F401

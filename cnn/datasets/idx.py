@@ -2,7 +2,7 @@
 every data source has its module (``cnn.datasets.idx``, ``.folder``, ``.npz``)."""
 from pathlib import Path
 
-from cnn.data import Dataset, DataError, find_idx_file, load_dataset, read_idx
+from cnn.data import DataError, Dataset, find_idx_file, load_dataset, read_idx
 
 __all__ = ["Dataset", "DataError", "is_idx_folder", "is_idx_test_folder", "load_dataset",
            "read_idx"]

@@ -11,8 +11,8 @@ import zipfile
 import numpy as np
 
 from cnn.data import DataError
-from cnn.images.policy import light_on_black, upload_record
 from cnn.datasets.base import ImageDataset
+from cnn.images.policy import light_on_black, upload_record
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 

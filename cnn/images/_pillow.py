@@ -3,7 +3,6 @@ exceptions it raises on bad data, and strict truncation handling."""
 import struct
 import threading
 
-
 _PIL = None
 _DECODE_ERRORS = None
 

@@ -7,7 +7,6 @@ import numpy as np
 
 from cnn.images._pillow import _pil
 
-
 # Large images are reduced (Image.reduce: box averages, cheap) before any mode
 # conversion, by the factor Image.resize(..., reducing_gap=_REDUCING_GAP) would
 # use first anyway; the Lanczos resize in _finish does the rest.

@@ -27,7 +27,7 @@ import io
 
 import numpy as np
 
-from cnn.images._pillow import _StrictTruncation, _decode_errors, _pil
+from cnn.images._pillow import _decode_errors, _pil, _StrictTruncation
 from cnn.images.convert import _WIDE_MODES, _exif_transpose_method, _wide_to_uint8
 from cnn.images.png import _simple_png
 

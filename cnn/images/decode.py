@@ -5,10 +5,9 @@ import os
 
 import numpy as np
 
-from cnn.images._pillow import _StrictTruncation, _decode_errors, _pil
+from cnn.images._pillow import _decode_errors, _pil, _StrictTruncation
+from cnn.images.convert import _exif_transpose_method, _finish, _fit, _gray_alpha, _reduce_factors
 from cnn.images.crop import load_cropped
-from cnn.images.convert import (_exif_transpose_method, _finish, _fit, _gray_alpha,
-                                _reduce_factors)
 from cnn.images.errors import ImageError, PixelBudgetError, _label
 from cnn.images.limits import ALLOWED_FORMATS, MAX_PIXELS
 from cnn.images.options import _check_options

@@ -6,7 +6,6 @@ from typing import NamedTuple
 from cnn._checks import pair
 from cnn.images._pillow import _pil
 
-
 # Checked options by their (exactly typed, hashable) arguments: a batch of
 # decode_image calls with the same options checks them once.
 _OPTIONS_CACHE = {}

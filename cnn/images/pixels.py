@@ -3,7 +3,6 @@ import numpy as np
 
 from cnn._checks import pair
 
-
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
 
 

@@ -8,7 +8,6 @@ import numpy as np
 
 from cnn.images._pillow import _pil
 
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -2,8 +2,7 @@
 numerical gradients in both modes, thread-count independence, and bad inputs."""
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from cnn.backends import get_backend
 from tests.helpers import assert_close, check_gradients, compare_backends

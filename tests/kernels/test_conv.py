@@ -4,8 +4,12 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from cnn.backends import get_backend
-from tests.helpers import (assert_close, assert_threads_sum_db_exactly, check_gradients,
-                           compare_backends)
+from tests.helpers import (
+    assert_close,
+    assert_threads_sum_db_exactly,
+    check_gradients,
+    compare_backends,
+)
 
 GRADS = ("dx", "dw", "db")
 

@@ -257,6 +257,7 @@ def test_the_weights_file_cap_is_a_setting(make_app, models_dir):
 def test_forward_pass_lock_is_handed_over_in_arrival_order():
     import threading
     import time
+
     from service.models import FifoLock
     lock, order, threads = FifoLock(), [], []
     lock.acquire()

@@ -2,8 +2,7 @@
 import io
 import itertools
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from werkzeug.formparser import MultiPartParser
 
 from service.multipart import simple_file_parts

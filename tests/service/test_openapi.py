@@ -21,8 +21,7 @@ import shutil
 import numpy as np
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from schemathesis import checks as st_checks
 
@@ -227,7 +226,9 @@ def test_v2_output_parameters_must_be_an_object(client):
 
 def test_a_partial_answer_conforms_to_the_document(client):
     import io as _io
+
     import jsonschema
+
     from tests.service.helpers import png_bytes, random_images
     document = client.get("/openapi.json").get_json()
     body = {"a": (_io.BytesIO(png_bytes(random_images(1)[0])), "a.png"),

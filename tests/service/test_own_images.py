@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from cnn.datasets import load_data
-from cnn.io import load_model
 from cnn.images import UploadPolicy, decode_image, upload_policy
+from cnn.io import load_model
 from tests.test_images_crop import encode, varied_files
 from tests.test_train import env
 
@@ -183,6 +183,7 @@ def test_v2_infer_takes_a_colour_model_in_either_layout(trained, make_app):
 def test_a_weights_file_from_before_image_folders_still_loads_and_serves(tmp_path, make_app):
     import os
     import shutil
+
     from cnn.io import load_model
     data = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
     old = os.path.join(data, "fmnist_weights_4ad5d28.npz")

@@ -174,6 +174,7 @@ def test_invert_option(client, tiny_model):
 
 def test_two_models_are_served_separately(make_app, models_dir, other_weights, tiny_model):
     import shutil
+
     from cnn.io import load_model
     shutil.copy(other_weights, models_dir / "other.npz")
     client = make_app(models_dir).test_client()

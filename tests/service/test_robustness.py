@@ -2,8 +2,7 @@
 import io
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.service.helpers import png_bytes, random_images
 

@@ -3,8 +3,8 @@ the lower label first, as argmax does (service.api.predictions_list)."""
 import numpy as np
 
 from cnn.io import save_model
-from tests.test_top_k import TIE_ORDER, images, tied_model
 from tests.service.test_v2 import infer_body
+from tests.test_top_k import TIE_ORDER, images, tied_model
 
 
 def test_predictions_list_keeps_the_lower_label_first():

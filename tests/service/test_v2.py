@@ -190,6 +190,7 @@ def test_infer_limits_and_content_type(make_app, models_dir):
 
 def test_a_colour_model_is_served_through_v2(make_app, tmp_path):
     import numpy as np
+
     from cnn.io import load_model
     from tests.service.helpers import save_colour_model
     folder = tmp_path / "colour"
