@@ -23,7 +23,8 @@ from cnn import __version__
 # cnn.bench and cnn.export pull in much that the others do not need.
 COMMANDS = {
     "train": ("cnn.train", "train a network and write its weights file"),
-    "evaluate": ("cnn.evaluate", "accuracy, confusion matrix and per-class scores of a weights file"),
+    "evaluate": ("cnn.evaluate",
+                 "accuracy, confusion matrix and per-class scores of a weights file"),
     "predict": ("cnn.predict", "classify image files with a weights file"),
     "export": ("cnn.export", "write a weights file as an ONNX graph"),
     "bench": ("cnn.bench", "time the kernels, training and peers (PyTorch, ONNX Runtime)"),

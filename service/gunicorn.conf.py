@@ -64,7 +64,8 @@ def _positive_int_env(name, default):
     try:
         n = int(value)
     except ValueError:
-        raise SystemExit(f"gunicorn.conf.py: {name} must be a positive integer, got {value!r}")
+        raise SystemExit(
+            f"gunicorn.conf.py: {name} must be a positive integer, got {value!r}") from None
     if n < 1:
         raise SystemExit(f"gunicorn.conf.py: {name} must be a positive integer, got {value!r}")
     return n
@@ -181,7 +182,8 @@ control_socket_disable = True
 # combined log format plus the request time in seconds with microsecond
 # resolution (%(L)s; %(M)s would round most predictions to 0 ms) and the
 # worker's pid (%(p)s, printed as <pid>), e.g.
-#   127.0.0.1 - - [22/Nov/2026:16:33:23 +0000] "POST /predict HTTP/1.1" 200 912 "-" "curl/8.5" 0.004127s <30442>
+#   127.0.0.1 - - [22/Nov/2026:16:33:23 +0000] "POST /predict HTTP/1.1" 200 912 "-"
+#     "curl/8.5" 0.004127s <30442>
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("CNN_LOG_LEVEL", "info")
