@@ -585,7 +585,7 @@ def _infer_child(arch, threads, repeat, min_time, layouts, ort, batches):
                         model = model.to(memory_format=torch.channels_last)
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.inference_mode():
-                        fig[str(batch)] = median_ms(lambda: model(x), repeat, min_time)
+                        fig[str(batch)] = median_ms(lambda model=model, x=x: model(x), repeat, min_time)
                 result[col] = fig
             except Exception as exc:
                 result[col] = {"error": _error(exc)}
@@ -606,7 +606,7 @@ def _infer_child(arch, threads, repeat, min_time, layouts, ort, batches):
             for batch in batches:
                 x = np.random.default_rng(0).standard_normal((batch, 1, 28, 28)).astype(
                     np.float32)
-                fig[str(batch)] = median_ms(lambda: sess.run(None, {name: x}), repeat, min_time)
+                fig[str(batch)] = median_ms(lambda x=x: sess.run(None, {name: x}), repeat, min_time)
             result["onnxrt"] = fig
         except Exception as exc:
             result["onnxrt"] = {"error": _error(exc)}
@@ -625,7 +625,7 @@ def rows_infer(arch, threads, repeat, min_time, have_torch, have_ort, batch=True
     ours = {}
     for b in batches:
         x = rng.standard_normal((b, 1, 28, 28)).astype(np.float32)
-        ours[b] = median_ms(lambda: model.forward(x, training=False, need_cache=False),
+        ours[b] = median_ms(lambda x=x: model.forward(x, training=False, need_cache=False),
                             repeat, min_time)
     theirs = {b: {"torch": None, "torch-cl": None, "onnxrt": None} for b in batches}
     export = None

@@ -124,7 +124,8 @@ def fit(model, loss_fn, optimizer, schedule, train, val, *, epochs, batch_size, 
                     bar.set_postfix_str(f"loss: {loss_sum / seen:.4f} - acc: {correct / seen:.4f}")
             if on_step_end is not None and step < steps - 1:
                 def here(epoch=epoch, done=step + 1, epoch_rng=epoch_rng, seen=seen,
-                         correct=correct, loss_sum=float(loss_sum), points=len(curve)):
+                         correct=correct, loss_sum=float(loss_sum), points=len(curve),
+                         curve=curve, start=start, time_before=time_before):
                     return {"epoch": epoch, "step": done, "epoch_rng": epoch_rng,
                             "seen": seen, "correct": correct, "loss_sum": loss_sum,
                             "time": time_before + time.perf_counter() - start,

@@ -89,7 +89,7 @@ def main(argv=None):
             for n, i in enumerate(indices, 1):
                 name = f"{stems[label]}.png" if n == 1 else f"{stems[label]}_{n}.png"
                 png = png_bytes(data.test_images[i])
-                atomic_write(os.path.join(args.out, name), lambda f: f.write(png))
+                atomic_write(os.path.join(args.out, name), lambda f, png=png: f.write(png))
                 written.append(name)
     except OSError as exc:
         print(f"sample_images.py: error: cannot write in {args.out!r}: "

@@ -557,7 +557,7 @@ def same(a, b):
 
 def test_simple_pngs_take_the_fast_path_with_pillows_pixels(pillow_only):
     rng = np.random.default_rng(3)
-    for i, (h, w) in enumerate([(28, 28), (1, 1), (3, 70), (64, 48), (300, 200)]):
+    for h, w in [(28, 28), (1, 1), (3, 70), (64, 48), (300, 200)]:
         a = rng.integers(0, 256, (h, w), dtype=np.uint8)
         a[: h // 2] //= 3
         for data in (encode(Image.fromarray(a), "PNG"),

@@ -513,7 +513,7 @@ def test_crash_mid_write_keeps_the_previous_file(tmp_path, monkeypatch, pixels):
     before_listing = sorted(os.listdir(tmp_path))
 
     for error in (OSError(28, "No space left on device"), KeyboardInterrupt()):
-        def crashing_savez(f, **arrays):
+        def crashing_savez(f, error=error, **arrays):
             f.write(b"PK\x03\x04 half a zip file" * 100)
             raise error
         monkeypatch.setattr(np, "savez", crashing_savez)

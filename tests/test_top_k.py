@@ -6,7 +6,6 @@ are in tests/service/test_top_k.py."""
 import json
 
 import numpy as np
-import pytest
 
 from cnn.architectures import build_architecture
 from cnn.io import save_model

@@ -215,7 +215,7 @@ def test_checkpoint_every_bad_values(bad, capsys):
     with pytest.raises(SystemExit) as exit:
         cnn.train.main(["--checkpoint-every", bad])
     assert exit.value.code == 2
-    assert f"argument --checkpoint-every: expected a number of steps" in \
+    assert "argument --checkpoint-every: expected a number of steps" in \
         capsys.readouterr().err
 
 

@@ -22,7 +22,7 @@ import sys
 from collections import Counter
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from cnn import images
 from cnn._threads import available_cores

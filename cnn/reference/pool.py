@@ -79,7 +79,7 @@ def avgpool2d_forward(x, kernel=2, stride=None, *, threads=None):
     x, (KH, KW), stride, (Hout, Wout) = check_pool2d(x, kernel, stride)
     out = None
     # Summed in row-major window order, then divided: the Cython kernel's order.
-    for kh, kw, (rows, cols) in _window_slices(KH, KW, stride, Hout, Wout):
+    for _kh, _kw, (rows, cols) in _window_slices(KH, KW, stride, Hout, Wout):
         if out is None:
             out = x[:, :, rows, cols].copy()
         else:
@@ -95,7 +95,7 @@ def avgpool2d_backward(dout, cache, *, threads=None):
     dout = check_dout(dout, x.shape[:2] + (Hout, Wout), x.dtype)
     g = dout * (x.dtype.type(1) / x.dtype.type(KH * KW))
     dx = np.zeros_like(x)
-    for kh, kw, (rows, cols) in _window_slices(KH, KW, stride, Hout, Wout):
+    for _kh, _kw, (rows, cols) in _window_slices(KH, KW, stride, Hout, Wout):
         dx[:, :, rows, cols] += g
     return dx
 

@@ -90,7 +90,7 @@ def test_fast_path_agrees_with_werkzeug(parts, final_crlf, cut):
     try:
         fields, files = werkzeug_parts(body)
     except ValueError as exc:  # werkzeug refuses it: the fast path must have too
-        raise AssertionError(f"fast path accepted a body werkzeug refuses: {exc}")
+        raise AssertionError(f"fast path accepted a body werkzeug refuses: {exc}") from exc
     assert fields == []
     assert fast == files
 
