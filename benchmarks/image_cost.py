@@ -93,7 +93,8 @@ def build(kind, width, height):
     return buf.getvalue()
 
 
-KINDS = ("png16", "png16trns", "png16rgba", "pngP", "webp", "webp_anim", "gif_anim", "jpeg", "jpeg_prog444")
+KINDS = ("png16", "png16trns", "png16rgba", "pngP", "webp", "webp_anim", "gif_anim", "jpeg",
+         "jpeg_prog444")
 
 
 def cases(max_pixels, max_total):

@@ -108,7 +108,8 @@ def int_list(text):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -534,7 +535,8 @@ def main(argv=None):
         print()
 
         header = (f"{'format':>6} {'batch':>5} {'conc':>4} {'requests':>8} {'req/s':>8} "
-                  f"{'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7} {'req/pass':>8}  per worker")
+                  f"{'images/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>7} {'req/pass':>8}  "
+                  "per worker")
         print(header, flush=True)
         for fmt in args.formats:
             for batch in args.batches:

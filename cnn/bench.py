@@ -585,7 +585,8 @@ def _infer_child(arch, threads, repeat, min_time, layouts, ort, batches):
                         model = model.to(memory_format=torch.channels_last)
                         x = x.contiguous(memory_format=torch.channels_last)
                     with torch.inference_mode():
-                        fig[str(batch)] = median_ms(lambda model=model, x=x: model(x), repeat, min_time)
+                        fig[str(batch)] = median_ms(lambda model=model, x=x: model(x),
+                                                    repeat, min_time)
                 result[col] = fig
             except Exception as exc:
                 result[col] = {"error": _error(exc)}
@@ -1130,7 +1131,8 @@ def footnotes(threads, steps, repeat, min_time, rounds, per_round, versions, row
         "PyTorch (same split, normalisation, initial weights, batch order); test accuracy, "
         "difference in points.",
         f"  inference: median of >= {repeat} calls and >= {min_time:g} s after a warm-up; "
-        "cnn model.forward(training=False, need_cache=False); PyTorch eval() + inference_mode(); ONNX Runtime "
+        "cnn model.forward(training=False, need_cache=False); PyTorch eval() + inference_mode(); "
+        "ONNX Runtime "
         "intra_op_num_threads="
         f"{threads}, inter_op 1, sequential"
         + (f", model from {'; '.join(sorted(exports))}" if exports else "") + ".",

@@ -529,12 +529,14 @@ def run(argv=None):
     threads = model.threads or __import__("cnn").get_num_threads()
     print(f"cnn {__version__}: training {model.name} ({model.num_params():,} parameters) "
           f"on {data.name} from {data.source}")
+    stopping = (f", early stopping (patience {args.early_stopping}, {args.monitor})"
+                if args.early_stopping else "")
     print(f"  backend {model.backend}, {threads} threads, float32; images: "
           f"{len(x_train):,} train / {len(x_val):,} validation / {len(x_test):,} test; "
           f"batch {args.batch_size}, {args.optimizer} lr {lr:g} ({args.schedule}), "
           f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
           f"{f', augment {args.augment}' if args.augment else ''}"
-          f"{f', early stopping (patience {args.early_stopping}, {args.monitor})' if args.early_stopping else ''}, "
+          f"{stopping}, "
           f"seed {args.seed}")
     for note in [fallback_note(args.backend)] + notes:
         if note:

@@ -244,7 +244,8 @@ def test_convnet_cifar_needs_eight_pixels():
 
 @pytest.mark.parametrize("spec, guess", [
     ("convent", "convnet"), ("lenet", "lenet5"), ("ConvNet", "convnet"),
-    ("convnet-bn", "convnet_bn"), ("convnet_cifr", "convnet_cifar"), (" convnet_dep ", "convnet_deep"),
+    ("convnet-bn", "convnet_bn"), ("convnet_cifr", "convnet_cifar"),
+    (" convnet_dep ", "convnet_deep"),
 ])
 def test_misspelled_name_suggests_the_closest_and_lists_them_all(spec, guess):
     with pytest.raises(ValueError) as info:

@@ -54,9 +54,10 @@ def sdist(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdist")
     clone, dist = tmp / "clone", tmp / "dist"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(dist), str(clone)],
-                       capture_output=True, text=True, timeout=SDIST_TIMEOUT)
-    assert r.returncode == 0, f"python -m build --sdist failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(dist),
+                        str(clone)], capture_output=True, text=True, timeout=SDIST_TIMEOUT)
+    assert r.returncode == 0, \
+        f"python -m build --sdist failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     (tarball,) = dist.glob("*.tar.gz")
     return clone, tarball
 
@@ -82,7 +83,8 @@ def test_sdist_carries_the_kernel_sources_and_templates(sdist):
 def test_sdist_has_no_build_artefacts_or_partial_tests(sdist):
     _, tarball = sdist
     stray = sorted(p for p in sdist_members(tarball)
-                   if (p.endswith((".c", ".so", ".pyc", ".html")) and not p.startswith("service/templates/"))
+                   if (p.endswith((".c", ".so", ".pyc", ".html"))
+                       and not p.startswith("service/templates/"))
                    or "__pycache__" in p or p.startswith(("build/", "tests/")))
     # .c files made by the Cython that built the sdist would be compiled instead
     # of the .pyx; tests/ alone, without the checkout, cannot run.

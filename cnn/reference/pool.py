@@ -16,8 +16,9 @@ the last wins too. Put as a running max over the window in row-major order:
 v takes over when v >= max or v is a NaN, so a number never displaces a NaN.
 The vectorised pass gets it from np.argmax (first max, first NaN) over the
 reversed window, the naive loop from that running max, and the Cython kernel
-uses the same rule, so every backend picks the same element. Overlapping windows (stride < kernel) accumulate in dx. The
-backward passes ignore an argmax outside [0, H*W), as the Cython kernels do.
+uses the same rule, so every backend picks the same element. Overlapping windows
+(stride < kernel) accumulate in dx. The backward passes ignore an argmax outside
+[0, H*W), as the Cython kernels do.
 """
 import numpy as np
 

@@ -225,7 +225,8 @@ def test_model_fuses_conv_relu_pool_and_computes_the_same():
 def test_pool_larger_than_the_conv_output_is_refused():
     x, w, b = inputs(np.random.default_rng(7), 1, 1, 5, 5, 2, 3, 3, np.float32)
     for name in ("cython", "python", "naive"):
-        with pytest.raises(ValueError, match="pooling kernel 4x4 is larger than the conv output 3x3"):
+        with pytest.raises(ValueError,
+                           match="pooling kernel 4x4 is larger than the conv output 3x3"):
             getattr(get_backend(name), f"{OP}_forward")(x, w, b, 1, 0, 4)
 
 

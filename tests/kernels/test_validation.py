@@ -412,7 +412,8 @@ def forward_of(B, op, dtype=F32):
     return out, cache, getattr(B, f"{op}_backward")
 
 
-BACKWARD_OPS = ("conv2d", "conv2d_relu_maxpool2d", "maxpool2d", "avgpool2d", "relu", "dense", "batchnorm2d")
+BACKWARD_OPS = ("conv2d", "conv2d_relu_maxpool2d", "maxpool2d", "avgpool2d", "relu", "dense",
+                "batchnorm2d")
 
 
 def bad_douts(out):

@@ -2,7 +2,8 @@
 a freshly trained model, real PNG files of the Fashion-MNIST test set.
 
 Loopback only (127.0.0.1, a free port) and bounded: training a tiny model takes
-a few seconds, gunicorn must be ready and stop within the times of tests/service/servers.py. Skipped when the data set is not installed.
+a few seconds, gunicorn must be ready and stop within the times of
+tests/service/servers.py. Skipped when the data set is not installed.
 """
 import io
 import json
