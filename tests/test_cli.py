@@ -17,6 +17,7 @@ import pytest
 from cnn import __version__
 from cnn.data import DEFAULT_DATA_DIR, load_dataset
 from cnn.io import load_model
+
 # imported here, not under capsys: cnn.training.fit binds sys.stdout as its default stream
 from cnn.train import main as train_main
 
@@ -231,7 +232,7 @@ def test_predict_reports_a_corrupt_file_and_predicts_the_others(trained, model, 
 
     proc = run("cnn.predict", weights, *files, cwd=tmp_path)
     assert_clean_error(proc, "broken.png", code=1)
-    error_lines = [l for l in proc.stderr.splitlines() if "broken.png" in l]
+    error_lines = [line for line in proc.stderr.splitlines() if "broken.png" in line]
     assert error_lines and len(error_lines[0]) > len(str(bad)) + 10, proc.stderr  # a reason
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2, proc.stdout
@@ -291,6 +292,7 @@ def test_version_flag(name, capsys):
 
 def test_version_is_read_from_the_package_metadata(monkeypatch):
     import importlib.metadata
+
     import cnn
     assert __version__ == importlib.metadata.version("cnn")
 
@@ -329,6 +331,7 @@ def test_cnn_command_errors(tmp_path):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_cnn_command_hands_its_arguments_to_the_module(command, monkeypatch):
     import importlib
+
     from cnn.__main__ import main
     seen = []
     monkeypatch.setattr(importlib.import_module(f"cnn.{command}"), "main",
