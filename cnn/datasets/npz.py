@@ -12,7 +12,7 @@ import numpy as np
 
 from cnn.data import DataError
 from cnn.datasets.base import ImageDataset
-from cnn.images.policy import light_on_black, upload_record
+from cnn.images.policy import upload_record
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
@@ -83,6 +83,6 @@ def load_npz(path):
     meta = {"source_kind": "npz", "input_shape": [C, *x_train.shape[-2:]],
             "channel_order": "L" if C == 1 else "RGB", "resize": None,
             # (light objects on black: uploads as Fashion-MNIST; else as photos)
-            **upload_record(x_train, "pad" if light_on_black(x_train) else "crop")}
+            **upload_record(x_train)}
     return ImageDataset(x_train, y_train, x_test, y_test, class_names,
                         os.path.splitext(os.path.basename(source))[0], source, meta)

@@ -19,6 +19,12 @@ def _pil():
     return _PIL
 
 
+def _why(e):
+    """An exception as a short reason: "Type: message" (or the type alone)."""
+    msg = str(e).strip()
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def _decode_errors():
     """Exceptions Pillow raises for bad data (corrupt, truncated, hostile)."""
     global _DECODE_ERRORS

@@ -141,6 +141,19 @@ def _border(a):
     return np.concatenate((a[0], a[-1], a[1:-1, 0], a[1:-1, -1]))
 
 
+def _border_sums(batch):
+    """(per-image sums (N,) int64, pixel values per image) of the 1-pixel
+    borders of a uint8 batch (N, h, w) or (N, h, w, C): the border mean of
+    image i is sums[i] / count, as the mean of _border(batch[i])."""
+    n, h, w = batch.shape[:3]
+    per_pixel = int(np.prod(batch.shape[3:], dtype=np.int64))
+    if w <= 2 or h <= 2:
+        return batch.reshape(n, -1).sum(axis=1, dtype=np.int64), h * w * per_pixel
+    sums = sum(part.reshape(n, -1).sum(axis=1, dtype=np.int64)
+               for part in (batch[:, 0], batch[:, -1], batch[:, 1:-1, 0], batch[:, 1:-1, -1]))
+    return sums, (2 * w + 2 * (h - 2)) * per_pixel
+
+
 def _median_int(values):
     """int(np.median(values)) for a non-empty uint8 array, without np.median's
     overhead (the mean of the two middle values, rounded down, for even sizes)."""

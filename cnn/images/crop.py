@@ -27,8 +27,13 @@ import io
 
 import numpy as np
 
-from cnn.images._pillow import _decode_errors, _pil, _StrictTruncation
-from cnn.images.convert import _WIDE_MODES, _exif_transpose_method, _wide_to_uint8
+from cnn.images._pillow import _decode_errors, _pil, _StrictTruncation, _why
+from cnn.images.convert import (
+    _WIDE_MODES,
+    _border_sums,
+    _exif_transpose_method,
+    _wide_to_uint8,
+)
 from cnn.images.png import _simple_png
 
 
@@ -87,15 +92,5 @@ def _invert(out, invert):
 
 def light_border(a):
     """Is the mean of the 1-pixel border of a (H, W) or (H, W, C) uint8 image > 127?"""
-    h, w = a.shape[:2]
-    if h <= 2 or w <= 2:
-        border = a.reshape(-1)
-    else:
-        border = np.concatenate([a[0].reshape(-1), a[-1].reshape(-1),
-                                 a[1:-1, 0].reshape(-1), a[1:-1, -1].reshape(-1)])
-    return int(border.sum(dtype=np.int64)) > 127 * border.size
-
-
-def _why(e):
-    msg = str(e).strip()
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    sums, count = _border_sums(a[None])
+    return bool(sums[0] > 127 * count)

@@ -5,8 +5,15 @@ import os
 
 import numpy as np
 
-from cnn.images._pillow import _decode_errors, _pil, _StrictTruncation
-from cnn.images.convert import _exif_transpose_method, _finish, _fit, _gray_alpha, _reduce_factors
+from cnn.images._pillow import _decode_errors, _pil, _StrictTruncation, _why
+from cnn.images.convert import (
+    _border_sums,
+    _exif_transpose_method,
+    _finish,
+    _fit,
+    _gray_alpha,
+    _reduce_factors,
+)
 from cnn.images.crop import load_cropped
 from cnn.images.errors import ImageError, PixelBudgetError, _label
 from cnn.images.limits import ALLOWED_FORMATS, MAX_PIXELS
@@ -220,15 +227,7 @@ def _decode_into(out, items, names, opts, on_error, opened=None):
 def _light_background(batch):
     """For each opaque (N, h, w) uint8 image: is the mean of its 1-pixel border
     > 127 (what _should_invert decides for one image without alpha)?"""
-    n, h, w = batch.shape
-    if w <= 2 or h <= 2:
-        sums, count = batch.reshape(n, -1).sum(axis=1, dtype=np.int64), h * w
-    else:
-        sums = (batch[:, 0].sum(axis=1, dtype=np.int64)
-                + batch[:, -1].sum(axis=1, dtype=np.int64)
-                + batch[:, 1:-1, 0].sum(axis=1, dtype=np.int64)
-                + batch[:, 1:-1, -1].sum(axis=1, dtype=np.int64))
-        count = 2 * w + 2 * (h - 2)
+    sums, count = _border_sums(batch)
     return sums > 127 * count
 
 
@@ -428,11 +427,6 @@ def _load_pil(im, fail, size):
     # What Image.resize(fit, reducing_gap=...) resizes after its own reduction.
     box = (0, 0, im.width / factors[0], im.height / factors[1])
     return pixels, alpha, (fit, box)
-
-
-def _why(e):
-    msg = str(e).strip()
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def _unidentified_reason(prefix, allowed):

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnn.images.convert import _border_sums
+
 #: A training set is "light objects on black" when the mean of its images'
 #: 1-pixel borders is at most this (Fashion-MNIST: 0.4; photos of objects on
 #: white: 200+; ordinary photos: around 100).
@@ -52,18 +54,16 @@ def light_on_black(images):
     images = np.asarray(images[:_SAMPLE]) if len(images) > _SAMPLE else np.asarray(images)
     if images.ndim != 3 or len(images) == 0:
         return False
-    h, w = images.shape[1:]
-    if h <= 2 or w <= 2:
-        return float(images.mean()) <= DARK_BORDER
-    total = (images[:, 0].sum(dtype=np.int64) + images[:, -1].sum(dtype=np.int64)
-             + images[:, 1:-1, 0].sum(dtype=np.int64) + images[:, 1:-1, -1].sum(dtype=np.int64))
-    count = len(images) * (2 * w + 2 * (h - 2))
-    return int(total) <= DARK_BORDER * count
+    sums, count = _border_sums(images)
+    return int(sums.sum()) <= DARK_BORDER * count * len(images)
 
 
-def upload_record(images, fit):
-    """The ``fit`` and ``invert`` entries of a data record, for training images."""
-    return {"fit": fit, "invert": "auto" if light_on_black(images) else "never"}
+def upload_record(images, fit=None):
+    """The ``fit`` and ``invert`` entries of a data record, for training images;
+    ``fit`` None: "pad" for light objects on black (Fashion-MNIST style), else
+    "crop"."""
+    dark = light_on_black(images)
+    return {"fit": fit or ("pad" if dark else "crop"), "invert": "auto" if dark else "never"}
 
 
 def upload_policy(model):
