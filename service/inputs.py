@@ -59,7 +59,6 @@ from cnn.images import (
     PixelBudgetError,
     decode_images,
     pixels_from_array,
-    upload_policy,
 )
 from service.errors import ApiError
 from service.multipart import simple_file_parts
@@ -238,7 +237,7 @@ def decode_batch(items, served, max_pixels, invert, logger=None, max_request_pix
     ``max_request_pixels`` pixels in all (default: the app's
     ``CNN_MAX_REQUEST_PIXELS``) are 413, which bounds the CPU of a request as
     ``max_pixels`` (``CNN_MAX_PIXELS``) bounds the memory of one image."""
-    policy = upload_policy(served.model)
+    policy = served.uploads
     if max_request_pixels is None:
         max_request_pixels = current_app.config["CNN_MAX_REQUEST_PIXELS"]
     errors, good = [], []

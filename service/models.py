@@ -92,6 +92,7 @@ class ServedModel:
         # NAME/VERSION/model.npz: the folder's number; a flat NAME.npz: when it was saved
         self.version = version or str(self.saved_at or f"format-{self.format_version}")
         self.input_shape = tuple(model.input_shape)
+        self.uploads = upload_policy(model)   # how image files become its input
         self.num_classes = int(model.num_classes)
         names = model.class_names or [str(k) for k in range(self.num_classes)]
         self.class_names = [str(n) for n in names]
@@ -123,7 +124,7 @@ class ServedModel:
             "sha256": self.sha256,
             "size_bytes": self.size_bytes,
             "input_shape": list(self.input_shape),
-            "input": upload_policy(self.model).describe(),
+            "input": self.uploads.describe(),
             "num_classes": self.num_classes,
             "classes": self.class_names,
             "architecture": {"name": self.summary.get("arch") or arch.get("name"),
