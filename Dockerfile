@@ -7,15 +7,17 @@
 #   docker compose up                          # train into the "models" volume, then serve
 #
 # Stages:
-#   build    compilers + Cython: pip-installs the project into /opt/venv,
-#            compiling the kernels in pyx/ (OpenMP on).
+#   build    compilers + Cython: builds the project's wheel (compiling the
+#            kernels in pyx/, OpenMP on) and installs that wheel into /opt/venv,
+#            so the images run exactly what `pip install cnn-*.whl` gives a user.
 #   base     python slim + libgomp1 (the only native library the compiled
 #            kernels need beyond what the NumPy/SciPy/Pillow wheels bundle),
-#            the venv from "build", a non-root user and /models.
+#            the venv from "build", a non-root user, /models and /state.
 #   train    base + Debian's dataset-fashion-mnist (the data set, ~30 MB,
 #            in /usr/share/datasets/fashion-mnist where cnn.data looks by
 #            default). Only this image carries the data: serving never reads it.
-#   api      base + gunicorn.conf.py; runs the service (default target).
+#   api      base; runs `cnn serve` (default target): gunicorn with the settings
+#            the package ships (service/gunicorn.conf.py), no checkout file needed.
 #
 # Both runtime images are the same Debian release as the build stage (the
 # venv's python symlinks to /usr/local/bin/python3.11 of that image), pinned to
@@ -42,13 +44,17 @@ COPY pyproject.toml setup.py README.md ./
 COPY pyx/ pyx/
 COPY cnn/ cnn/
 COPY service/ service/
-# A regular (non-editable) install: setuptools builds the extensions in an
-# isolated build env (Cython, NumPy headers, SciPy's cython_blas) and puts the
-# compiled modules into /opt/venv's site-packages. The import check fails the
-# build if a kernel did not compile or the service does not import.
+# Build the wheel, then install that file: what ships is what was built and
+# tested, not a second build from the source tree. `pip wheel` builds the
+# extensions in an isolated build env (Cython, NumPy headers, SciPy's
+# cython_blas); installing the wheel puts the compiled modules and the package
+# data (templates, gunicorn.conf.py) into /opt/venv's site-packages. The import
+# check fails the build if a kernel did not compile, the service does not
+# import or the packaged gunicorn settings are missing.
 RUN pip install --upgrade pip \
- && pip install . \
- && cd / && python -c "import cnn._conv, cnn._dense, service; print('cnn', cnn.__version__, 'built')"
+ && pip wheel --no-deps --wheel-dir /wheels . \
+ && pip install /wheels/cnn-*.whl \
+ && cd / && python -c "import cnn._conv, cnn._dense, service; from cnn.serve import settings_path; print('cnn', cnn.__version__, 'built;', settings_path())"
 
 # ------------------------------------------------------------------- base
 FROM ${PYTHON_IMAGE} AS base
@@ -70,12 +76,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     CNN_MODEL_DIR=/models \
     CNN_BIND=0.0.0.0:8000
 
-# Non-root user; /models belongs to it so that a named volume mounted there
-# starts out writable by it (Docker copies the mount point's ownership into an
-# empty named volume).
+# Non-root user; /models and /state belong to it so that a named volume
+# mounted there starts out writable by it (Docker copies the mount point's
+# ownership into an empty named volume). /state is for CNN_STATE_DIR when the
+# models volume is mounted read-only (docker-compose.yml, deploy/k8s/).
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/cnn cnn \
- && mkdir -p /models /app \
- && chown cnn:cnn /models
+ && mkdir -p /models /state /app \
+ && chown cnn:cnn /models /state
 WORKDIR /app
 
 # ------------------------------------------------------------------ train
@@ -93,7 +100,6 @@ CMD ["python", "-m", "cnn.train", "--out", "/models/convnet.npz", "--progress", 
 # -------------------------------------------------------------------- api
 FROM base AS api
 
-COPY gunicorn.conf.py /app/gunicorn.conf.py
 USER cnn
 EXPOSE 8000
 
@@ -103,6 +109,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('CNN_BIND', '0.0.0.0:8000').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=4)"]
 
-# Exec form: gunicorn is the process that receives `docker stop`'s SIGTERM and
-# shuts its workers down gracefully (graceful_timeout in gunicorn.conf.py).
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"]
+# Exec form, and `cnn serve` execs gunicorn with the packaged settings: gunicorn
+# is the process that receives `docker stop`'s SIGTERM and shuts its workers
+# down gracefully (graceful_timeout in service/gunicorn.conf.py).
+CMD ["cnn", "serve"]

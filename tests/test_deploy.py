@@ -368,6 +368,33 @@ def test_compose_train_command_matches_the_train_image(compose, stages):
 # --------------------------------------------------------- the Dockerfile
 
 
+def test_build_stage_installs_the_wheel_it_builds(stages):
+    """The venv gets the wheel file `pip wheel` wrote, not a second build of the tree."""
+    _, build_instr = stage(stages, "build")
+    runs = " && ".join(rest for i, rest in build_instr if i == "RUN")
+    steps = [step.strip() for step in re.split(r"&&|;", runs)]
+    wheel = [s for s in steps if re.match(r"(python -m )?pip wheel\b", s)
+             or re.match(r"python -m build\b.*--wheel", s)]
+    assert wheel, "the build stage must build a wheel (pip wheel / python -m build --wheel)"
+    outdir = re.search(r"(?:--wheel-dir|-w|--outdir|-o)[ =](\S+)", wheel[0])
+    assert outdir, wheel[0]
+    installs = [s for s in steps if re.match(r"(python -m )?pip install\b", s)
+                and "--upgrade pip" not in s]
+    assert installs, "the build stage must pip install the wheel"
+    for step in installs:
+        targets = [w for w in shlex.split(step)[2:] if not w.startswith("-")]
+        assert targets and all(t.endswith(".whl") and t.startswith(outdir.group(1).rstrip("/"))
+                               for t in targets), f"installs {targets}, not the built wheel"
+    # the wheel's name is the project's (pip's normalised distribution name)
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert any(Path(t).name.startswith(re.sub(r"[-_.]+", "_", name) + "-")
+               for step in installs for t in shlex.split(step)[2:])
+
+
 def test_dockerfile_is_multi_stage_with_slim_runtime(stages):
     build_base, build_instr = stage(stages, "build")
     assert build_base.startswith("python:3.11-slim")
@@ -397,11 +424,18 @@ def test_train_image_has_the_dataset_where_cnn_looks():
 def test_api_image_command_exposes_and_healthcheck(stages, monkeypatch, app_routes):
     [cmd] = instructions_of(stages, "api", "CMD")[-1:]
     words = exec_form(cmd)
-    assert words == ["gunicorn", "-c", "gunicorn.conf.py", "service:create_app()"]
+    # `cnn serve`: gunicorn with the settings file the installed package ships,
+    # so the image needs nothing from the checkout beside the wheel.
+    assert words == ["cnn", "serve"]
+    from cnn.serve import APP, gunicorn_command, settings_path
+    command, _ = gunicorn_command(words[2:])
+    assert command[-3:] == ["-c", settings_path(), APP]
+    assert Path(settings_path()).resolve() == (ROOT / "service" / "gunicorn.conf.py").resolve()
     copies = [copy_sources(c) for c in instructions_of(stages, "api", "COPY")]
-    assert any("gunicorn.conf.py" in srcs for srcs, _, frm in copies if frm is None)
+    assert not [srcs for srcs, _, frm in copies if frm is None], \
+        "the api stage takes everything from the built venv, nothing from the checkout"
     # service:create_app() as gunicorn resolves it: module attribute, called.
-    module, _, call = words[3].partition(":")
+    module, _, call = APP.partition(":")
     monkeypatch.syspath_prepend(str(ROOT))
     import importlib
     factory = getattr(importlib.import_module(module), call.removesuffix("()"))
