@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from cnn import bench
+from cnn.bench import cli, peers, report, targets, train_epoch, workloads
 
 ALL_LABELS = [
     "convnet train epoch (s)", "lenet5 train epoch (s)", "convnet accuracy, 1 epoch",
@@ -30,21 +30,21 @@ def no_comparisons(monkeypatch):
 
 
 def test_no_subcommand_means_all():
-    assert bench.normalize_argv([]) == ["all"]
-    assert bench.normalize_argv(["--quick"]) == ["all", "--quick"]
+    assert cli.normalize_argv([]) == ["all"]
+    assert cli.normalize_argv(["--quick"]) == ["all", "--quick"]
     for first in ("all", "kernels", "train", "--help"):
-        assert bench.normalize_argv([first])[0] == first
+        assert cli.normalize_argv([first])[0] == first
 
 
 def test_parser_accepts_the_new_form_and_keeps_the_old():
-    parser = bench.build_parser()
-    args = parser.parse_args(bench.normalize_argv(
+    parser = cli.build_parser()
+    args = parser.parse_args(cli.normalize_argv(
         ["--quick", "--skip", "accuracy,http,memory", "--threads", "2", "--json", "out.json",
          "--accuracy-epochs", "0", "--data-dir", "/data"]))
     assert (args.what, args.quick, args.skip, args.threads) == \
         ("all", True, ["accuracy", "http", "memory"], 2)
     assert (args.json_path, args.accuracy_epochs, args.data_dir) == ("out.json", 0, "/data")
-    args = parser.parse_args(bench.normalize_argv(["all"]))
+    args = parser.parse_args(cli.normalize_argv(["all"]))
     assert (args.quick, args.skip, args.accuracy_epochs) == (False, [], 1)
     args = parser.parse_args(["kernels", "--dtype", "float64", "--coretype", "Haswell"])
     assert (args.what, args.dtype, args.coretype) == ("kernels", "float64", ["Haswell"])
@@ -55,25 +55,25 @@ def test_parser_accepts_the_new_form_and_keeps_the_old():
 @pytest.mark.parametrize("bad", [["--skip", "nonsense"], ["--accuracy-epochs", "-1"]])
 def test_parser_rejects_bad_values(bad, capsys):
     with pytest.raises(SystemExit):
-        bench.build_parser().parse_args(bench.normalize_argv(bad))
+        cli.build_parser().parse_args(cli.normalize_argv(bad))
     assert "error" in capsys.readouterr().err
 
 
 def test_package_version_and_the_install_hint(monkeypatch):
-    assert bench.package_version("numpy") == np.__version__
-    assert bench.package_version("surely_not_an_installed_package_xyz") is None
+    assert report.package_version("numpy") == np.__version__
+    assert report.package_version("surely_not_an_installed_package_xyz") is None
     monkeypatch.setitem(sys.modules, "torch", None)
-    assert bench.package_version("torch") is None
-    assert bench.missing_hint("torch") == \
-        "torch: not installed; " + bench.PACKAGE_HINTS["torch"]
-    assert "pip install torch==2.13.0" in bench.missing_hint("torch")
-    assert "pip install onnxruntime" in bench.missing_hint("onnxruntime")
+    assert report.package_version("torch") is None
+    assert report.missing_hint("torch") == \
+        "torch: not installed; " + report.PACKAGE_HINTS["torch"]
+    assert "pip install torch==2.13.0" in report.missing_hint("torch")
+    assert "pip install onnxruntime" in report.missing_hint("onnxruntime")
 
 
 def test_quick_run_prints_one_table_and_the_install_hints(no_comparisons, capsys, tmp_path):
     out = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--skip", "accuracy,http,memory", "--threads", "1",
-                       "--steps", "1", "--repeat", "1", "--json", str(out)]) == 0
+    assert cli.main(["--quick", "--skip", "accuracy,http,memory", "--threads", "1",
+                     "--steps", "1", "--repeat", "1", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("machine: ")
     for label in ALL_LABELS:
@@ -81,9 +81,9 @@ def test_quick_run_prints_one_table_and_the_install_hints(no_comparisons, capsys
     assert text.count("target ") == 1            # one table
     assert "torch: not installed; pip install torch==2.13.0" in text
     assert "onnxruntime: not installed; pip install onnxruntime" in text
-    assert bench.INSTALL_HINT in text
+    assert report.INSTALL_HINT in text
     assert "error" not in text
-    table = {line[:bench.LABEL_WIDTH].strip(): line for line in text.splitlines()}
+    table = {line[:report.LABEL_WIDTH].strip(): line for line in text.splitlines()}
     assert "skipped" in table["peak RSS convnet training (MiB)"]
     assert "skipped" in table["convnet accuracy, 1 epoch"]
     assert " n/a " in table["convnet infer b64 (img/s)"]
@@ -98,9 +98,9 @@ def test_quick_run_prints_one_table_and_the_install_hints(no_comparisons, capsys
 def test_a_failing_row_does_not_stop_the_others(no_comparisons, monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(bench, "row_train", boom)
-    rows = bench.run_all(1, quick=True, skip=["infer", "latency", "scaling", "memory"],
-                         steps=1, repeat=1)
+    monkeypatch.setattr(targets, "row_train", boom)
+    rows = targets.run_all(1, quick=True, skip=["infer", "latency", "scaling", "memory"],
+                           steps=1, repeat=1)
     text = capsys.readouterr().out
     assert "error: RuntimeError: boom" in text
     by_label = {r.label: r for r in rows}
@@ -111,24 +111,24 @@ def test_a_failing_row_does_not_stop_the_others(no_comparisons, monkeypatch, cap
 
 def test_compare_row_ratios_goals_and_missing_columns():
     # times: lower is better; best is the faster PyTorch layout
-    row = bench.compare_row("train", "t", "s", 10.0, {"torch": 12.0, "torch-cl": 8.0,
-                                                     "onnxrt": "-"}, ("<", 1.0), False)
+    row = report.compare_row("train", "t", "s", 10.0, {"torch": 12.0, "torch-cl": 8.0,
+                                                      "onnxrt": "-"}, ("<", 1.0), False)
     assert row.figures["torch_best"] == 8.0
     assert row.cells["ours/best"] == "1.25x" and row.cells["ours/NCHW"] == "0.83x"
     assert row.cells["met NCHW/best"] == "yes/no"
     assert "best=torch-cl" in row.notes
     # throughputs: higher is better
-    row = bench.compare_row("infer", "i", "img/s", 900.0, {"torch": 300.0, "torch-cl": None,
-                                                          "onnxrt": "error: x"}, (">=", 3.0),
-                            True)
+    row = report.compare_row("infer", "i", "img/s", 900.0, {"torch": 300.0, "torch-cl": None,
+                                                           "onnxrt": "error: x"}, (">=", 3.0),
+                             True)
     assert row.cells["torch-cl"] == "n/a" and row.cells["onnxrt"] == "error"
     assert row.cells["met NCHW/best"] == "yes/yes"
     assert any("onnxrt error" in n for n in row.notes)
     # nothing to compare with
-    row = bench.compare_row("latency", "l", "ms", 1.0, {"torch": None, "torch-cl": None,
-                                                       "onnxrt": None}, ("<", 1.0), False)
+    row = report.compare_row("latency", "l", "ms", 1.0, {"torch": None, "torch-cl": None,
+                                                        "onnxrt": None}, ("<", 1.0), False)
     assert row.cells["ours/best"] == "-" and row.cells["met NCHW/best"] == "-/-"
-    assert bench.format_table([row]).splitlines()[-1].startswith("l ")
+    assert report.format_table([row]).splitlines()[-1].startswith("l ")
 
 
 def _write(path, body):
@@ -150,19 +150,19 @@ def test_http_row_parses_the_last_json_line(tmp_path):
         print(json.dumps({"http_images_per_s": 3000.0, "inprocess_images_per_s": 4000.0,
                           "ratio": 0.75}))
     """)
-    row = bench.row_http(script, requests=5, seconds=1)
+    row = targets.row_http(script, requests=5, seconds=1)
     assert not row.text
     assert row.figures["ratio"] == 0.75 and row.cells["met NCHW/best"] == "yes"
     assert row.cells["cnn"] == "3,000"
 
 
 def test_http_row_not_measured_reasons(tmp_path):
-    assert bench.row_http(tmp_path / "missing.py").text.startswith("not measured: ")
+    assert targets.row_http(tmp_path / "missing.py").text.startswith("not measured: ")
     old = _write(tmp_path / "old.py", """
         import argparse
         argparse.ArgumentParser().parse_args()
     """)
-    assert "no --json option" in bench.row_http(old).text
+    assert "no --json option" in targets.row_http(old).text
     failing = _write(tmp_path / "failing.py", """
         import sys
         if "--help" in sys.argv:
@@ -170,12 +170,12 @@ def test_http_row_not_measured_reasons(tmp_path):
             sys.exit(0)
         sys.exit("cannot start gunicorn")
     """)
-    text = bench.row_http(failing).text
+    text = targets.row_http(failing).text
     assert text.startswith("not measured: ") and "cannot start gunicorn" in text
     garbled = _write(tmp_path / "garbled.py", """
         print("--json")
     """)
-    assert bench.row_http(garbled).text.startswith("not measured: no JSON result")
+    assert targets.row_http(garbled).text.startswith("not measured: no JSON result")
     reported = _write(tmp_path / "reported.py", """
         import json, sys
         print("--json")
@@ -183,21 +183,21 @@ def test_http_row_not_measured_reasons(tmp_path):
             print(json.dumps({"http_images_per_s": None, "error": "gunicorn not ready"}))
             sys.exit(1)
     """)
-    assert bench.row_http(reported).text == "not measured: reported.py: gunicorn not ready"
+    assert targets.row_http(reported).text == "not measured: reported.py: gunicorn not ready"
 
 
 def test_memory_row_from_a_finished_run():
     run = {"returncode": 0, "peak_rss_mib": 400.0, "test_acc": 0.88, "seconds": 30.0,
            "output": ""}
-    row = bench.row_memory(run)
+    row = targets.row_memory(run)
     assert row.cells["cnn"] == "400" and row.cells["met NCHW/best"] == "yes"
     assert "88.00%" in row.notes[0]
-    row = bench.row_memory(dict(run, returncode=2, output="Traceback\nDataError: no data"))
+    row = targets.row_memory(dict(run, returncode=2, output="Traceback\nDataError: no data"))
     assert row.text == "error: cnn.train exited with code 2: DataError: no data"
 
 
 def test_train_subcommand_without_torch_prints_the_hint(no_comparisons, capsys):
-    bench.run_train(1, 8, 1, False, ["lenet5"])
+    train_epoch.run_train(1, 8, 1, False, ["lenet5"])
     text = capsys.readouterr().out
     assert "lenet5" in text and "not installed; pip install torch==2.13.0" in text
 
@@ -205,9 +205,9 @@ def test_train_subcommand_without_torch_prints_the_hint(no_comparisons, capsys):
 def test_onnx_graph_without_torch_is_cnn_exports_graph_of_our_model():
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    data, how = bench._onnx_bytes("lenet5", None)
+    data, how = peers._onnx_bytes("lenet5", None)
     assert how == "cnn.export of cnn's weights (no torch)"
-    model = bench._cnn_twin("lenet5")
+    model = peers._cnn_twin("lenet5")
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
     logits = session.run(["logits"], {session.get_inputs()[0].name: x})[0]
@@ -224,12 +224,12 @@ def test_cnn_twin_takes_the_torch_modules_weights():
 
         def numpy(self):
             return self.value
-    ours = bench._cnn_twin("lenet5")
+    ours = peers._cnn_twin("lenet5")
     rng = np.random.default_rng(0)
     net = [types.SimpleNamespace(weight=Param(rng.standard_normal(layer.params["w"].shape)),
                                  bias=Param(rng.standard_normal(layer.params["b"].shape)))
            if "w" in layer.params else object() for layer in ours.layers]
-    twin = bench._cnn_twin("lenet5", net)
+    twin = peers._cnn_twin("lenet5", net)
     for m, layer in zip(net, twin.layers):
         if "w" in layer.params:
             np.testing.assert_allclose(layer.params["w"], m.weight.value, rtol=1e-6)
@@ -237,14 +237,14 @@ def test_cnn_twin_takes_the_torch_modules_weights():
 
 
 def test_train_child_reports_its_own_peak_memory(idx_folder, tmp_path):
-    run = bench.run_train_child(1, tmp_path / "m.npz", data_dir=idx_folder, timeout=120)
+    run = targets.run_train_child(1, tmp_path / "m.npz", data_dir=idx_folder, timeout=120)
     assert run["returncode"] == 0, run["output"]
     assert run["peak_rss_mib"] > 10 and run["test_acc"] is not None
     assert (tmp_path / "m.npz").is_file()
-    assert bench.row_memory(run).cells["met NCHW/best"] == "yes"
+    assert targets.row_memory(run).cells["met NCHW/best"] == "yes"
 
 
 def test_cnn_accuracy_runs_the_train_recipe(make_idx_dir):
     folder = make_idx_dir(n_train=64, n_test=16)
-    result = bench.cnn_accuracy(1, 1, data_dir=str(folder))
+    result = workloads.cnn_accuracy(1, 1, data_dir=str(folder))
     assert 0.0 <= result["test_acc"] <= 1.0
