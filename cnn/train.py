@@ -29,13 +29,9 @@ status 74, the earlier files intact. The service serves only *.npz files, so
 --out gets the suffix when it has none.
 """
 import argparse
-import contextlib
 import datetime
-import hashlib
 import os
 import re
-import shlex
-import shutil
 import signal
 import sys
 import threading
@@ -52,16 +48,41 @@ from cnn._cli import (
     positive_float,
     positive_int,
     steps_or_seconds,
-    unwritable_folder,
 )
 from cnn.architectures import ARCHITECTURES, build_architecture
 from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.data import DataError, Normalizer, train_val_split
 from cnn.datasets import input_shape_of, load_data, record_of
 from cnn.early_stopping import EarlyStopping
+from cnn.interrupts import (
+    Terminated,
+    ctrl_c_deferred,
+    interrupted_status,
+    raise_terminated,
+)
 from cnn.io import ModelFileError, read_model_file, save_model
 from cnn.model import Sequential
 from cnn.optim import Schedule, make_optimizer
+from cnn.resume import (
+    BEST_PREFIX,
+    data_fingerprint,
+    describe,
+    flag,
+    parse_args,
+    restore_run,
+    resume_command,
+)
+from cnn.run_files import (
+    IO_ERROR,
+    OutputError,
+    check_output,
+    checkpoint_path,
+    default_out,
+    remove_stale_temp_files,
+    sidecar,
+    weights_path,
+    write_output,
+)
 from cnn.training import evaluate_logits, fit
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
@@ -167,218 +188,8 @@ def open_fraction(text):
     return value
 
 
-def default_out(arch):
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(os.path.basename(arch))[0])
-    return os.path.join("models", f"{stem or 'model'}.npz")
-
-
-def checkpoint_path(out):
-    return sidecar(out, ".ckpt")
-
-
-def sidecar(out, suffix):
-    stem = out[:-4] if out.endswith(".npz") else out
-    return stem + suffix
-
-
 def fail(message, code=2):
     return _fail("cnn.train", message, code)
-
-
-# Checkpoints keep the best epoch's weights (--keep best) beside the optimizer's
-# state, as the optimizer-state slot "_best" (no optimizer has a slot of that name).
-BEST_PREFIX = "opt/_best/"
-IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # held while a checkpoint is written
-
-# What a checkpoint restores: the run as it was started. --epochs may change
-# (the length is the user's choice); the rest would silently make another run.
-RUN_SETTINGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "momentum",
-                "weight_decay", "schedule", "augment", "shift", "early_stopping", "monitor",
-                "keep", "val_fraction", "limit", "seed",
-                "image_size", "channels", "test_fraction")
-# Restored unless given: where the data is (checked by content) and how to compute.
-PLACE_SETTINGS = ("data_dir", "threads", "backend", "cache_dir", "strict")
-
-# atomic_write's temporary files (.NAME.XXXXXXXX.tmp) older than this were left
-# by a killed writer: a live one writes its file within seconds.
-STALE_TEMP_SECONDS = 600
-
-
-def flag(key):
-    return "--" + key.replace("_", "-")
-
-
-def parse_args(parser, argv):
-    """(args, the dests given on the command line): a resumed run needs to know
-    which values the user chose and which are mere defaults."""
-    unset = object()
-    dests = vars(parser.parse_args([]))
-    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(dests, unset)))
-    given = {key for key, value in vars(args).items() if value is not unset}
-    for key in set(dests) - given:
-        setattr(args, key, dests[key])
-    return args, given
-
-
-def restore_run(args, given, saved, done):
-    """Set ``args`` to the checkpointed run's settings (``saved``); ``done``: its
-    finished epochs. Returns (error or None, notes to print)."""
-    notes = []
-    for key in RUN_SETTINGS:
-        if key not in saved:                    # a checkpoint of an older cnn
-            continue
-        value, old = getattr(args, key), saved[key]
-        if key in given and key != "epochs" and value != old:
-            return (f"{flag(key)} {value} differs from the resumed run's {flag(key)} "
-                    f"{old}: leave it out to continue that run, or start a new run with "
-                    f"another --out"), notes
-        setattr(args, key, old if key not in given else value)
-    if "epochs" in given and args.epochs != saved.get("epochs", args.epochs):
-        if args.epochs < done:
-            return (f"--epochs {args.epochs}: the checkpoint already holds {done} "
-                    f"epochs"), notes
-        notes.append(
-            f"changing the run's length from {saved['epochs']} to {args.epochs} epochs: "
-            + ("the learning rate is constant, so the schedule does not change"
-               if args.schedule == "constant" else
-               f"the {args.schedule} learning-rate schedule now spans {args.epochs} "
-               f"epochs, so the rest of the run differs from the {saved['epochs']}-epoch "
-               f"run's"))
-    for key in PLACE_SETTINGS:
-        if key not in given:
-            setattr(args, key, saved.get(key))
-        elif key != "data_dir" and saved.get(key) is not None and \
-                getattr(args, key) != saved[key]:
-            notes.append(f"{flag(key)} {getattr(args, key)} (the run used {saved[key]}): "
-                         f"the weights will not match an uninterrupted run bit for bit")
-    return None, notes
-
-
-def weights_path(out):
-    """``out`` with the .npz suffix the service looks for."""
-    return out if out.endswith(".npz") else out + ".npz"
-
-
-def output_files(out):
-    return [out, checkpoint_path(out), sidecar(out, ".history.json"),
-            sidecar(out, ".history.csv"), sidecar(out, ".png")]
-
-
-def check_output(out, need_bytes):
-    """Why the run's files could not be written, or None. Found before training,
-    not after it."""
-    for path in output_files(out):
-        if os.path.isdir(path):
-            return f"--out: {path!r} is a folder; give a file name such as {out!r}/model.npz" \
-                if path == out else f"--out: {path!r} (written beside {out!r}) is a folder"
-    folder = os.path.dirname(os.path.abspath(out))
-    problem = unwritable_folder(out)
-    if problem:
-        return f"--out: {problem}"
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        return (f"--out: {folder!r} has {free / 2**20:.1f} MiB free; the run's files need "
-                f"about {need_bytes / 2**20:.1f} MiB")
-    return None
-
-
-def remove_stale_temp_files(out, max_age=STALE_TEMP_SECONDS):
-    """Remove the temporary files a killed write of the run's files left behind
-    (never a live writer's: only files untouched for ``max_age`` seconds).
-    Returns their paths."""
-    removed, now = [], time.time()
-    for path in output_files(out):
-        folder, name = os.path.split(os.path.abspath(path))
-        pattern = re.compile(re.escape(f".{name}.") + r"[A-Za-z0-9_]+\.tmp")
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if (pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
-                        and now - entry.stat(follow_symlinks=False).st_mtime > max_age):
-                    os.unlink(entry.path)
-                    removed.append(entry.path)
-            except OSError:            # gone meanwhile, or not ours to remove
-                pass
-    return removed
-
-
-def data_fingerprint(images, labels):
-    """A digest of the training data, so a resumed run can tell it got the same."""
-    digest = hashlib.sha256()
-    for array in (images, labels):
-        digest.update(repr((array.dtype.str, array.shape)).encode())
-        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def ctrl_c_deferred():
-    """Hold Ctrl-C and SIGTERM until the block ends: a checkpoint is saved and
-    recorded as saved together, so the interrupt message never misses one.
-
-    The Python handler is swapped, not the signal mask: a mask only covers the
-    calling thread, and the kernel hands a process-wide SIGINT to any thread
-    that does not block it (OpenBLAS's, OpenMP's, tqdm's), after which Python
-    runs the handler in the main thread anyway."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hit = []
-    old = {sig: signal.signal(sig, lambda signum, frame: hit.append(signum))
-           for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        for sig in dict.fromkeys(hit):
-            handler = old[sig]
-            if handler is signal.SIG_IGN:
-                continue
-            if callable(handler):
-                handler(sig, None)     # (ours raise: KeyboardInterrupt, Terminated)
-            else:
-                raise KeyboardInterrupt
-
-
-class OutputError(Exception):
-    """A file of the run could not be written; its earlier version is intact."""
-
-
-def write_output(path, save):
-    try:
-        save()
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def describe(saved, steps):
-    """Where a checkpoint stands: {"epoch": finished epochs, "step": steps into
-    the next one or 0}."""
-    if saved["step"]:
-        return f"epoch {saved['epoch'] + 1} at step {saved['step']}/{steps}"
-    return f"epoch {saved['epoch']} (finished)"
-
-
-def resume_command(ckpt):
-    return f"{os.path.basename(sys.executable) or 'python3'} -m cnn.train --resume " \
-           f"{shlex.quote(ckpt)}"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (docker stop, kill, a batch scheduler): stopped like Ctrl-C."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
-def _interrupted_status(exc):
-    return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
 
 
 def main(argv=None):
@@ -387,12 +198,12 @@ def main(argv=None):
     # runs signal handlers.
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return run(argv)
     except KeyboardInterrupt as exc:    # before training started (training has its own)
         print("\ninterrupted before training started: nothing was saved", file=sys.stderr)
-        return _interrupted_status(exc)
+        return interrupted_status(exc)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -661,7 +472,7 @@ def run(argv=None):
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"\n{what}: {saved_text()}", file=sys.stderr)
-        return _interrupted_status(exc)
+        return interrupted_status(exc)
     except OutputError as exc:
         return fail(f"{exc}; {saved_text()}", IO_ERROR)
     except FloatingPointError as exc:
