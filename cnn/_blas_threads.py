@@ -15,7 +15,9 @@ threadpoolctl's controllers.
 """
 from threadpoolctl import ThreadpoolController
 
-from cnn._threads import resolve_threads
+# How many threads a kernel uses is cnn._threads' policy; pyx/dense.pyx still
+# imports its GEMM constant from here.
+from cnn._threads import GEMM_WORK_PER_THREAD  # noqa: F401
 
 _libraries = None
 
@@ -57,13 +59,6 @@ def _blas_libraries():
     return _libraries
 
 
-def split_threads(threads, items):
-    """(loop_threads, gemm_threads) for a loop over ``items`` independent pieces."""
-    total = resolve_threads(threads)
-    loop = max(1, min(total, items))
-    return loop, max(1, total // loop)
-
-
 class blas_threads:
     """``with blas_threads(n):`` BLAS calls inside the block use ``n`` threads.
 
@@ -91,29 +86,3 @@ class blas_threads:
             for lib, before in self.changed:
                 lib.set_num_threads(before)
         return False
-
-
-# Multiply-adds per thread below which a second thread costs more than it
-# saves: ~100 us of single-threaded SGEMM. With OMP_WAIT_POLICY=PASSIVE (see
-# cnn/__init__.py) the other thread sleeps between parallel loops, and waking
-# it costs tens of microseconds: one image through convnet took 0.40 ms with
-# its conv2 and dense1 split over 2 threads, 0.26 ms on one.
-GEMM_WORK_PER_THREAD = 1 << 22
-
-
-def forward_split(threads, images, filters, work_per_filter):
-    """(filter_blocks, loop_threads) for a convolution forward pass.
-
-    The work items are (image, block of filters) pairs, each a single-threaded
-    GEMM. With at least as many images as threads a block is every filter;
-    with fewer (a batch of one at inference) each image's filters are cut into
-    blocks so that every thread still gets a GEMM of its own, and OpenBLAS's
-    thread pool is never needed. Blocks are not cut thinner than the work is
-    worth: each gets at least GEMM_WORK_PER_THREAD multiply-adds.
-    """
-    total = resolve_threads(threads)
-    blocks = 1
-    if images < total:
-        worth = max(1, (filters * work_per_filter) // GEMM_WORK_PER_THREAD)
-        blocks = max(1, min(-(-total // images), filters, worth))
-    return blocks, max(1, min(total, images * blocks))

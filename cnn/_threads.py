@@ -4,6 +4,11 @@ Every kernel takes ``threads=None``; None means the process-wide default, which
 is ``CNN_NUM_THREADS`` from the environment, else the cores this process may run
 on (its CPU affinity, capped by a container's CPU quota). ``set_num_threads``
 changes the default at run time.
+
+``threads_for`` is the one policy for how many of those threads a piece of work
+gets (each kind of kernel's minimum work per thread is a constant below);
+``split_threads`` and ``forward_split`` apply it to the convolution kernels'
+loops over images and filter blocks.
 """
 import functools
 import math
@@ -89,12 +94,50 @@ def resolve_threads(threads):
     return _parse(threads, "threads")
 
 
-# Waking a second thread costs microseconds, and on a busy machine a parallel
-# region can wait a whole scheduler tick for it: below this many elements of
-# work per thread, a kernel runs serially.
+# How much work a thread must get before a second one is worth waking, one
+# constant per kind of kernel. Waking a sleeping thread costs tens of
+# microseconds (OMP_WAIT_POLICY=PASSIVE, see cnn/__init__.py), and on a busy
+# machine a parallel region can wait a whole scheduler tick for it.
+
+# Elements of memory-bound work (batchnorm, softmax).
 MIN_WORK_PER_THREAD = 32768
 
+# Multiply-adds of GEMM (dense, and the filter blocks of a convolution's forward
+# pass): ~100 us of single-threaded SGEMM. One image through convnet took 0.40 ms
+# with its conv2 and dense1 split over 2 threads, 0.26 ms on one.
+GEMM_WORK_PER_THREAD = 1 << 22
 
-def threads_for(threads, work):
-    """Threads worth using for ``work`` elements of memory-bound work."""
-    return max(1, min(resolve_threads(threads), work // MIN_WORK_PER_THREAD))
+
+def threads_for(threads, work, min_work=MIN_WORK_PER_THREAD):
+    """The thread policy: threads worth using for ``work`` units of work.
+
+    At most ``threads`` (None: the default, see ``resolve_threads``), at most one
+    per ``min_work`` units, at least one.
+    """
+    return max(1, min(resolve_threads(threads), work // min_work))
+
+
+def split_threads(threads, items):
+    """(loop_threads, gemm_threads) for a loop over ``items`` independent pieces:
+    a thread per piece, and the threads left over given to each piece's BLAS call."""
+    total = resolve_threads(threads)
+    loop = threads_for(total, items, min_work=1)
+    return loop, max(1, total // loop)
+
+
+def forward_split(threads, images, filters, work_per_filter):
+    """(filter_blocks, loop_threads) for a convolution forward pass.
+
+    The work items are (image, block of filters) pairs, each a single-threaded
+    GEMM. With at least as many images as threads a block is every filter;
+    with fewer (a batch of one at inference) each image's filters are cut into
+    blocks so that every thread still gets a GEMM of its own, and OpenBLAS's
+    thread pool is never needed. Blocks are not cut thinner than the work is
+    worth: each gets at least GEMM_WORK_PER_THREAD multiply-adds.
+    """
+    total = resolve_threads(threads)
+    blocks = 1
+    if images < total:
+        worth = threads_for(total, filters * work_per_filter, GEMM_WORK_PER_THREAD)
+        blocks = max(1, min(-(-total // images), filters, worth))
+    return blocks, max(1, min(total, images * blocks))

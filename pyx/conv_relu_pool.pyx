@@ -42,7 +42,8 @@ import numpy as np
 from cython.parallel cimport prange, threadid
 
 from cnn._checks import check_argmax, check_blas_sizes, check_conv_relu_pool, check_dout
-from cnn._blas_threads import blas_threads, forward_split, split_threads
+from cnn._blas_threads import blas_threads
+from cnn._threads import forward_split, split_threads
 
 include "gemm.pxi"
 include "im2col.pxi"

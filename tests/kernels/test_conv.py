@@ -68,7 +68,7 @@ def test_thread_counts_give_the_same_result(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_image_split_over_filter_blocks_gives_the_same_result(dtype):
-    from cnn._blas_threads import forward_split
+    from cnn._threads import forward_split
     assert forward_split(3, 1, 64, 288 * 28 * 30) == (3, 3)
     ops = get_backend("cython")
     x, w, b = conv_inputs(np.random.default_rng(8), 1, 32, 28, 28, 64, 3, 3, dtype)

@@ -90,7 +90,7 @@ def test_gradients_match_central_differences(backend, stride, pad, kernel, pool)
 def test_thread_counts_and_inference_give_the_same_result(dtype, N):
     """N < threads splits each image's filters over the threads (the layer is
     large enough for that: 15M multiply-adds per image)."""
-    from cnn._blas_threads import forward_split
+    from cnn._threads import forward_split
     assert forward_split(4, 1, 64, 288 * 28 * 30)[0] > 1
     ops = get_backend("cython")
     x, w, b = inputs(np.random.default_rng(3), N, 32, 28, 28, 64, 3, 3, dtype)
