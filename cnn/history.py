@@ -2,7 +2,7 @@
 CSV (one row per epoch, as Keras' ``CSVLogger`` writes it, for a spreadsheet or
 pandas) and as a PNG of the learning curves. Every file is written atomically.
 
-The history is a list of per-epoch dicts (``cnn.training.fit``): ``epoch``,
+The history is a list of per-epoch dicts (``cnn.fit.fit``): ``epoch``,
 ``loss``, ``acc``, ``val_loss``, ``val_acc`` (None without a validation set),
 ``lr``, ``time`` (seconds) and ``curve``, the running training loss and the
 learning rate every few steps as [epoch position, loss, lr], so that even a

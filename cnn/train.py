@@ -54,6 +54,7 @@ from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.data import DataError, Normalizer, train_val_split
 from cnn.datasets import input_shape_of, load_data, record_of
 from cnn.early_stopping import EarlyStopping
+from cnn.fit import evaluate_logits, fit
 from cnn.interrupts import (
     Terminated,
     ctrl_c_deferred,
@@ -83,7 +84,6 @@ from cnn.run_files import (
     weights_path,
     write_output,
 )
-from cnn.training import evaluate_logits, fit
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 

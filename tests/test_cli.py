@@ -18,7 +18,7 @@ from cnn import __version__
 from cnn.data import DEFAULT_DATA_DIR, load_dataset
 from cnn.io import load_model
 
-# imported here, not under capsys: cnn.training.fit binds sys.stdout as its default stream
+# imported here, not under capsys: cnn.fit.fit binds sys.stdout as its default stream
 from cnn.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]

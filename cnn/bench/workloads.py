@@ -49,8 +49,8 @@ def cnn_accuracy(epochs, threads, data_dir=None, seed=0, stream=None):
     """Test accuracy of convnet after ``epochs`` epochs of `python -m cnn.train`'s
     default recipe (Adam lr 1e-3, per-step cosine schedule, batch 64, seed 0)."""
     from cnn.architectures import build_architecture
+    from cnn.fit import evaluate_logits, fit
     from cnn.optim import Schedule, make_optimizer
-    from cnn.training import evaluate_logits, fit
     data, x_tr, y_tr, x_va, y_va, x_te, y_te = recipe_data(data_dir, seed)
     model = build_architecture("convnet", data.num_classes, (1,) + tuple(data.image_shape))
     model.build(seed=seed, backend="cython", threads=threads)

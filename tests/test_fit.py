@@ -10,8 +10,8 @@ import pytest
 from cnn.architectures import build_architecture
 from cnn.backends import get_backend
 from cnn.data import DEFAULT_DATA_DIR, Normalizer, load_dataset
+from cnn.fit import evaluate_logits, fit
 from cnn.optim import SGD, Schedule, make_optimizer
-from cnn.training import evaluate_logits, fit
 
 
 @pytest.fixture(scope="module")
