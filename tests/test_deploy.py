@@ -313,10 +313,108 @@ def test_the_proxy_publishes_the_port_and_forwards_to_gunicorns_bind(compose, mo
     [published] = [str(p) for p in proxy["ports"]]
     listen = int(nginx_setting("listen").split()[0])
     assert int(published.split(":")[-1].split("/")[0]) == listen
-    assert nginx_setting("server") == f"api:{bind_port(bind)}"
+    assert nginx_setting("server").split()[0] == f"api:{bind_port(bind)}"
     mounts = [str(v).split(":") for v in proxy["volumes"]]
     assert ["./deploy/nginx.conf", "/etc/nginx/conf.d/default.conf", "ro"] in mounts
     assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+# ---------------------------------------------------------------- replicas
+
+
+def test_nothing_pins_the_api_to_one_container(compose):
+    """`docker compose up --scale api=N` needs an api service any number of
+    containers can share: no fixed name, no published host port, the models
+    volume read-only for all, and a state folder outside it."""
+    api = compose["services"]["api"]
+    assert "container_name" not in api, "a container_name allows one replica only"
+    assert "ports" not in api, "a published host port allows one replica per port"
+    assert api.get("scale", 1) >= 1 and "replicas" not in api.get("deploy", {}), \
+        "the replica count is --scale's to choose"
+    models = [v for v in api["volumes"] if str(v).split(":")[0] == "models"]
+    assert models == ["models:/models:ro"], models
+    # The model repository writes its state file in CNN_STATE_DIR (default: the
+    # models folder, read-only here): it must be a writable volume every
+    # replica shares, so load/unload through one replica reaches all.
+    state_dir = api["environment"].get("CNN_STATE_DIR")
+    assert state_dir, "CNN_STATE_DIR must leave the read-only models folder"
+    assert not inside(state_dir, api["environment"]["CNN_MODEL_DIR"])
+    [state] = [str(v).split(":") for v in api["volumes"]
+               if str(v).split(":")[1] == state_dir]
+    assert state[0] in compose["volumes"], "state must be a named volume, shared by replicas"
+    assert "ro" not in state[2:], "the state volume must be writable"
+    from service.config import DEFAULTS
+    assert "CNN_STATE_DIR" in DEFAULTS
+
+
+def test_every_api_env_var_is_one_the_service_reads(compose):
+    known = service_env_names()
+    for svc in ("api",):
+        unknown = set(compose["services"][svc].get("environment", {})) - known
+        assert not unknown, f"{svc}: the service reads no {sorted(unknown)}"
+
+
+def service_env_names():
+    """Every environment variable service/config.py or service/gunicorn.conf.py reads."""
+    from service.config import DEFAULTS
+    conf = (ROOT / "service" / "gunicorn.conf.py").read_text()
+    names = set(DEFAULTS)
+    names |= set(re.findall(r"""(?:environ\.get|_positive_int_env|getenv)\(\s*["'](\w+)["']""",
+                            conf))
+    names |= set(re.findall(r'"((?:CNN|OMP|OPENBLAS)_\w+)"', conf))
+    names |= {"GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR"}   # read by gunicorn / the client
+    assert {"CNN_BIND", "CNN_WORKERS", "CNN_THREADS", "CNN_MODEL_DIR"} <= names
+    return names
+
+
+def test_the_proxy_follows_the_replicas(compose):
+    """nginx must spread over every api replica and notice scaling: the
+    upstream name re-resolved at run time through Docker's DNS."""
+    upstream = re.search(r"upstream\s+\w+\s*\{([^}]*)\}", nginx_conf()).group(1)
+    [server] = re.findall(r"^\s*server\s+([^;]+);", upstream, re.M)
+    assert "resolve" in server.split()[1:], "without resolve nginx resolves api once, at start"
+    assert re.search(r"^\s*zone\s+\w+\s+\d+[km];", upstream, re.M), \
+        "resolve needs the upstream group in shared memory (zone)"
+    # the resolver at the http level (the file is included inside http {}), or
+    # in the upstream: nginx looks in those two places only, not in server {}
+    outside = re.sub(r"\bserver\s*\{.*\}\s*$", "", re.sub(r"upstream\s+\w+\s*\{[^}]*\}", "",
+                                                        nginx_conf()), flags=re.S)
+    resolver = re.search(r"^\s*resolver\s+([^;]+);", outside, re.M) or \
+        re.search(r"^\s*resolver\s+([^;]+);", upstream, re.M)
+    assert resolver, "resolve needs a resolver at the http level or in the upstream"
+    words = resolver.group(1).split()
+    assert words[0] == "127.0.0.11", "Docker's embedded DNS on a compose network"
+    valid = [w for w in words if w.startswith("valid=")]
+    assert valid and nginx_seconds(valid[0].split("=")[1]) <= 30, \
+        "without valid= nginx keeps Docker's 600 s TTL"
+    # `resolve` is in open-source nginx from 1.27.3 on
+    image = compose["services"]["proxy"]["image"]
+    m = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?(?:-\w+)?", image)
+    assert m, image
+    assert tuple(int(g or 99) for g in m.groups()) >= (1, 27, 3), image
+    assert compose["services"]["proxy"]["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_prometheus_scrapes_every_replica(compose, app_routes):
+    """Each replica's /metrics, found by the service name on the compose
+    network (one A record per replica), not through the proxy."""
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus.get("profiles"), "Prometheus is opt-in (a profile)"
+    mounts = {target: source for source, target, *_ in
+              (str(v).split(":") for v in prometheus["volumes"])}
+    config_file = mounts["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load((ROOT / config_file).read_text())
+    [job] = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") in app_routes
+    assert "static_configs" not in job, "a fixed target list misses scaled replicas"
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["api"] and sd.get("type", "SRV") == "A"
+    api_bind = compose["services"]["api"]["environment"]["CNN_BIND"]
+    assert sd["port"] == bind_port(api_bind)
+    assert [int(str(p)) for p in compose["services"]["api"]["expose"]] == [sd["port"]]
+    # published on loopback only: the metrics are not for the network
+    for port in prometheus.get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), port
 
 
 def test_the_proxy_limits_match_the_service(monkeypatch):
