@@ -59,7 +59,7 @@ class Sequential:
     def set_backend(self, backend=None, threads=None):
         """Run the layers on ``backend`` (name or None for the default) with ``threads``."""
         ops = get_backend(backend)
-        self.backend = ops.__name__.rsplit(".", 1)[-1].replace("numpy_im2col", "python")
+        self.backend = ops.__name__.rsplit(".", 1)[-1]   # a backend module is named as its backend
         self.threads = threads
         for layer in self.layers:
             layer.ops = ops

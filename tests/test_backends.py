@@ -13,7 +13,7 @@ import pytest
 import cnn.backends
 from cnn.backends import BACKENDS, OPS, BackendUnavailable, cython_available, get_backend
 
-MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.numpy_im2col",
+MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.python",
            "naive": "cnn.backends.naive"}
 COMPILED = ("cnn._conv", "cnn._pool", "cnn._relu", "cnn._dense", "cnn._softmax",
             "cnn._batchnorm")
@@ -52,8 +52,17 @@ def test_get_backend_by_name(name):
     assert get_backend(name.upper()) is module(name)      # names are case-insensitive
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_model_names_its_backend_as_users_type_it(name):
+    from cnn.layers import Dense, Flatten
+    from cnn.model import Sequential
+    model = Sequential([Flatten(), Dense(2)], input_shape=(1, 2, 2)).build(backend=name.upper())
+    assert model.backend == name
+    assert model.set_backend(name).backend == name
+
+
 def test_python_and_naive_are_pure_numpy():
-    assert get_backend("python").__name__ == "cnn.backends.numpy_im2col"
+    assert get_backend("python").__name__ == "cnn.backends.python"
     assert get_backend("naive").__name__ == "cnn.backends.naive"
     assert get_backend("python") is not get_backend("naive")
 
@@ -145,7 +154,7 @@ UNBUILT = textwrap.dedent("""
     import cnn.backends as backends
     assert not backends.cython_available(), "cython_available() with {module} missing"
     default = backends.get_backend()
-    assert default.__name__ == "cnn.backends.numpy_im2col", default.__name__
+    assert default.__name__ == "cnn.backends.python", default.__name__
     try:
         backends.get_backend("cython")
     except backends.BackendUnavailable as exc:
@@ -181,7 +190,7 @@ def test_cython_not_built_raises_with_build_instructions(missing):
     # and why the import failed
     assert missing in message, message
     assert "ENV: raised" in proc.stdout   # CNN_BACKEND=cython does not fall back either
-    assert "PYTHON: cnn.backends.numpy_im2col" in proc.stdout
+    assert "PYTHON: cnn.backends.python" in proc.stdout
 
 
 def test_cython_not_built_in_process(monkeypatch):
@@ -249,7 +258,7 @@ def test_import_warns_once_when_kernels_are_missing(block):
     proc = run_child(IMPORT_UNBUILT.format(block=block))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "AVAILABLE: {'cython': False, 'python': True, 'naive': True}" in proc.stdout
-    assert "DEFAULT: cnn.backends.numpy_im2col" in proc.stdout
+    assert "DEFAULT: cnn.backends.python" in proc.stdout
     assert "AT IMPORT: 1" in proc.stdout, proc.stdout
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == 1, proc.stdout      # not again per get_backend()
@@ -265,7 +274,7 @@ def test_import_is_quiet_when_built_or_numpy_chosen():
     code = "import os; os.environ['CNN_BACKEND'] = 'python'\n" + BLOCK_BY_SYS_MODULES
     proc = run_child(IMPORT_UNBUILT.format(block=code))
     assert proc.returncode == 0, proc.stderr
-    assert "DEFAULT: cnn.backends.numpy_im2col" in proc.stdout
+    assert "DEFAULT: cnn.backends.python" in proc.stdout
     assert WARNING not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 

@@ -68,7 +68,7 @@ OPS = (
     "softmax_cross_entropy",
     "batchnorm2d_forward", "batchnorm2d_backward",
 )
-_MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.numpy_im2col",
+_MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.python",
             "naive": "cnn.backends.naive"}
 
 
