@@ -233,6 +233,22 @@ SCHEMAS = {
                      "additionalProperties": False,
                      "properties": {"name": _STR, "ready": {"type": "boolean"},
                                     "error": _STR}},
+    "V2ModelConfig": {
+        "type": "object",
+        "required": ["name", "platform", "backend", "max_batch_size", "input", "output"],
+        "description": "Triton's ModelConfig as JSON (tritonclient's get_model_config).",
+        "properties": {
+            "name": _STR, "platform": _STR, "backend": _STR,
+            "version_policy": {"type": "object"},
+            "max_batch_size": _INT,
+            "input": {"type": "array", "items": {"type": "object"}},
+            "output": {"type": "array", "items": {"type": "object"}},
+            "instance_group": {"type": "array", "items": {"type": "object"}},
+            "dynamic_batching": {"type": "object", "properties": {
+                "max_queue_delay_microseconds": _INT,
+                "preferred_batch_size": {"type": "array", "items": _INT}}},
+        },
+    },
     "V2TensorMetadata": {
         "type": "object", "required": ["name", "datatype", "shape"],
         "additionalProperties": False,
@@ -444,6 +460,10 @@ def _v2_paths():
         paths[base] = _get(
             f"v2ModelMetadata{tag}", "Open Inference Protocol model metadata",
             {"200": _json(_ref("V2ModelMetadata"), "The model's tensors."),
+             "404": _error("NotFound"), "503": _error("NotReady")}, params)
+        paths[base + "/config"] = _get(
+            f"v2ModelConfig{tag}", "Triton's model configuration",
+            {"200": _json(_ref("V2ModelConfig"), "Batch size limit, tensors, batching."),
              "404": _error("NotFound"), "503": _error("NotReady")}, params)
         paths[base + "/ready"] = _get(
             f"v2ModelReady{tag}", "Open Inference Protocol model readiness",

@@ -46,7 +46,8 @@ input and output level) are ignored.
 A model's version is its ``version`` in ``/models`` (the weights file's
 ``saved_at`` time); ``/versions/<v>/`` URLs must name it (else 404). ``outputs``
 in a request selects tensors by name (unknown name -> 400; an empty list means
-all). Health: ``/v2/health/live`` answers ``{"live": true}``,
+all). ``/config`` answers Triton's model configuration (:func:`model_config`).
+Health: ``/v2/health/live`` answers ``{"live": true}``,
 ``/v2/health/ready`` ``{"ready": bool}`` (200 or 503, as ``/ready``), model
 ready ``{"name", "ready"}`` (200, or 503 for a file that failed to load, 404
 for an unknown name). Errors are ``{"error": "..."}`` (tritonclient raises
@@ -130,6 +131,40 @@ def model_metadata(name, version=None):
                      "shape": [-1, served.num_classes]},
                     {"name": "labels", "datatype": "INT64", "shape": [-1]}],
     })
+
+
+@bp.get("/models/<name>/config")
+@bp.get("/models/<name>/versions/<version>/config")
+def model_config(name, version=None):
+    """Triton's model configuration (``tritonclient``'s ``get_model_config``), in
+    the JSON form of its ``ModelConfig``: what a client reads to size its
+    batches (``max_batch_size``: CNN_MAX_IMAGES, so ``dims`` leave out the batch
+    axis, as Triton's do) and whether the server batches dynamically."""
+    served = resolve(name, version)
+    config = current_app.config
+    answer = {
+        "name": served.name,
+        "platform": PLATFORM,
+        "backend": "cnn",
+        # every version in the folder is served side by side (service.models)
+        "version_policy": {"all": {}},
+        "max_batch_size": config["CNN_MAX_IMAGES"],
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
+                   "dims": list(served.input_shape)}],
+        "output": [{"name": "probabilities", "data_type": "TYPE_FP32",
+                    "dims": [served.num_classes]},
+                   # one label per image: Triton writes a per-image scalar as
+                   # dims [1] reshaped to []
+                   {"name": "labels", "data_type": "TYPE_INT64", "dims": [1],
+                    "reshape": {"shape": []}}],
+        "instance_group": [{"kind": "KIND_CPU", "count": 1}],
+    }
+    if config.get("CNN_BATCHING", True):
+        answer["dynamic_batching"] = {
+            "max_queue_delay_microseconds": config.get("CNN_BATCH_DELAY_US", 0),
+            "preferred_batch_size": [config.get("CNN_BATCH_MAX_SIZE")
+                                     or min(64, config["CNN_MAX_IMAGES"])]}
+    return jsonify(answer)
 
 
 @bp.get("/models/<name>/ready")

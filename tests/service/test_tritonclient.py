@@ -101,6 +101,29 @@ def test_health_and_metadata(client, reference):
     assert not client.is_model_ready("nope")
 
 
+def test_model_config(client, reference):
+    """get_model_config: what a Triton client reads to size its batches."""
+    tiny = client.get_model_config("tiny")
+    assert tiny["name"] == "tiny" and tiny["max_batch_size"] > 0
+    assert tiny["input"] == [{"name": "input", "data_type": "TYPE_FP32",
+                              "format": "FORMAT_NCHW", "dims": [1, 28, 28]}]
+    assert tiny["output"][0] == {"name": "probabilities", "data_type": "TYPE_FP32",
+                                 "dims": [10]}
+    assert tiny["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    col = client.get_model_config("col", client.get_model_metadata("col")["versions"][0])
+    assert col["input"][0]["dims"] == [3, 8, 8] and col["output"][0]["dims"] == [3]
+    with pytest.raises(InferenceServerException, match="nope"):
+        client.get_model_config("nope")
+
+
+def test_model_config_without_batching(make_app, models_dir):
+    app = make_app(models_dir, CNN_BATCHING=False, CNN_MAX_IMAGES=16)
+    answer = app.test_client().get("/v2/models/tiny/config")
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["max_batch_size"] == 16
+    assert "dynamic_batching" not in answer.get_json()
+
+
 @pytest.mark.parametrize("binary_in", [True, False])
 @pytest.mark.parametrize("binary_out", [True, False])
 @pytest.mark.parametrize("datatype", ["UINT8", "FP32"])
