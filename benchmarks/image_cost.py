@@ -219,7 +219,6 @@ def main(argv=None):
     if args.child:
         return child(args)
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from cnn.images import MAX_PIXELS, MAX_TOTAL_PIXELS
     keep = None if not args.cases else set(args.cases.split(","))
     rows = []

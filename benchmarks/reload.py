@@ -3,7 +3,7 @@
     python benchmarks/reload.py [--workers 2] [--clients 4] [--seconds 8]
                                 [--replace-at 3] [--interval 2] [--json]
 
-Starts ``gunicorn -c gunicorn.conf.py 'service:create_app()'`` on 127.0.0.1 (a
+Starts gunicorn with the packaged settings (cnn.bench.server) on 127.0.0.1 (a
 free port; nothing leaves the machine) with ``--workers`` workers and
 ``CNN_RELOAD_INTERVAL=--interval``, serving a temporary models folder that
 holds model A as ``tiny.npz`` (a small random-weight network). ``--clients``
@@ -27,7 +27,6 @@ import contextlib
 import http.client
 import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._gunicorn import free_port, stop, wait_ready  # noqa: E402
-from cnn.architectures import build_architecture  # noqa: E402
-from cnn.io import save_model  # noqa: E402
+from cnn.architectures import build_architecture
+from cnn.bench.server import free_port, gunicorn_env, start, stop, wait_ready
+from cnn.io import save_model
 
 ARCH = "conv8k3p1-relu-maxpool2-flatten-dense10"
 START_TIMEOUT = STOP_TIMEOUT = 30
@@ -160,16 +156,10 @@ def replace_under_load(port, replace, body, expected, clients=4, seconds=8.0,
 @contextlib.contextmanager
 def gunicorn(models_dir, workers, interval, log):
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CNN_BIND=f"127.0.0.1:{port}",
-               CNN_MODEL_DIR=str(models_dir), CNN_WORKERS=str(workers),
-               CNN_RELOAD_INTERVAL=str(interval))
-    for name in ("CNN_THREADS", "CNN_DEFAULT_MODEL", "CNN_API_TOKEN", "GUNICORN_CMD_ARGS",
-                 "PROMETHEUS_MULTIPROC_DIR"):
-        env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                             "service:create_app()"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = gunicorn_env(port, models_dir, workers, CNN_RELOAD_INTERVAL=interval,
+                       drop=("CNN_THREADS", "CNN_DEFAULT_MODEL", "CNN_API_TOKEN",
+                             "GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR"))
+    proc = start(env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(port, proc, START_TIMEOUT)
         time.sleep(1.0)   # every worker, not only the first, has loaded the model

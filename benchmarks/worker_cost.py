@@ -2,7 +2,7 @@
 
     python benchmarks/worker_cost.py [--cases webp,json] [--repeat 2]
 
-Starts ``gunicorn -c gunicorn.conf.py 'service:create_app()'`` with one
+Starts gunicorn with the packaged settings (cnn.bench.server) with one
 worker on a free 127.0.0.1 port, serving a small random-weight model, and
 sends each request of the table below (every one under the 16 MiB body
 limit) on its own connection, one at a time. Before each request the
@@ -28,7 +28,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -36,10 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._gunicorn import free_port, stop, wait_ready  # noqa: E402
+from cnn.bench.server import free_port, gunicorn_env, start, stop, wait_ready
 
 TARGET_MIB, TARGET_CPU = 256, 1.0
 BODY_LIMIT = 16 * 1024 * 1024
@@ -47,7 +43,7 @@ BODY_LIMIT = 16 * 1024 * 1024
 
 def _image_cost():
     spec = importlib.util.spec_from_file_location("image_cost",
-                                                  ROOT / "benchmarks" / "image_cost.py")
+                                                  Path(__file__).parent / "image_cost.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -151,14 +147,10 @@ def main(argv=None):
         model.build(seed=0)
         save_model(os.path.join(tmp, "tiny.npz"), model)
         port = free_port()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), CNN_BIND=f"127.0.0.1:{port}",
-                   CNN_MODEL_DIR=tmp, CNN_WORKERS="1")
-        for name in ("GUNICORN_CMD_ARGS", "CNN_API_TOKEN", "PROMETHEUS_MULTIPROC_DIR"):
-            env.pop(name, None)
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                   "--workers", "1", "service:create_app()"], cwd=ROOT,
-                                  env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        env = gunicorn_env(port, tmp, workers=1, drop=("GUNICORN_CMD_ARGS", "CNN_API_TOKEN",
+                                                       "PROMETHEUS_MULTIPROC_DIR"))
+        server = start(env, "--workers", "1", stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         try:
             try:
                 wait_ready(port, server, 60)
