@@ -1,7 +1,8 @@
-"""Argument types and error exits shared by the command-line tools.
+"""Argument types, error exits and the opening shared by the command-line tools.
 
 argparse calls a type function on the text of an argument; raising
 ArgumentTypeError makes it exit 2 with "argument --NAME: MESSAGE".
+``open_model`` is how the tools that run a weights file (evaluate, predict) start.
 """
 import argparse
 import os
@@ -9,6 +10,9 @@ import sys
 import tempfile
 
 import numpy as np
+
+from cnn.backends import BackendUnavailable, fallback_note, get_backend
+from cnn.io import ModelFileError, load_model
 
 
 def _int_at_least(text, low, what):
@@ -63,6 +67,26 @@ def fail(prog, message, code=2):
     """Print ``prog: error: message`` to stderr and return the exit code."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+def open_model(prog, path, backend=None, threads=None):
+    """Check ``backend``, say if the kernels are not built, load the weights file.
+
+    Returns ``(model, None)``, or ``(None, 2)`` once ``prog: error: ...`` names the
+    argument at fault (``--backend`` or ``MODEL``). The backend is checked before
+    the file is read, so a bad choice is reported as the user's, not the file's.
+    """
+    try:
+        get_backend(backend)
+    except (BackendUnavailable, ValueError) as exc:
+        return None, fail(prog, f"--backend: {exc}")
+    note = fallback_note(backend)
+    if note:
+        print(f"{prog}: {note}", file=sys.stderr)
+    try:
+        return load_model(path, backend=backend, threads=threads), None
+    except ModelFileError as exc:
+        return None, fail(prog, f"MODEL: {exc}")
 
 
 def steps_or_seconds(text):

@@ -27,13 +27,12 @@ import sys
 import numpy as np
 
 from cnn import __version__, get_num_threads
-from cnn._cli import fail as _fail, positive_int, unwritable_folder
-from cnn.backends import BackendUnavailable, fallback_note, get_backend
+from cnn._cli import fail as _fail, open_model, positive_int, unwritable_folder
 from cnn.data import DATA_DIR_ENV, DEFAULT_DATA_DIR, DataError, load_dataset
 from cnn.datasets import input_shape_of, load_data
 from cnn.datasets.folder import is_image_folder
 from cnn.datasets.idx import is_idx_folder, is_idx_test_folder
-from cnn.io import ModelFileError, atomic_write, load_model
+from cnn.io import atomic_write
 
 PROG = "cnn.evaluate"
 IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
@@ -254,22 +253,14 @@ def load_test_data(data_dir, settings, split, cache_dir):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        get_backend(args.backend)
-    except (BackendUnavailable, ValueError) as exc:
-        return fail(f"--backend: {exc}")
-    note = fallback_note(args.backend)
-    if note:
-        print(f"{PROG}: {note}", file=sys.stderr)
     if args.plot is not None:
         try:
             args.plot = plot_path(args.plot)
         except ValueError as exc:
             return fail(f"--plot: {exc}")
-    try:
-        model = load_model(args.model, backend=args.backend, threads=args.threads)
-    except ModelFileError as exc:
-        return fail(f"MODEL: {exc}")
+    model, code = open_model(PROG, args.model, args.backend, args.threads)
+    if model is None:
+        return code
     record = (getattr(model, "summary_info", None) or {}).get("data") or {}
     settings, split = record.get("settings") or {}, record.get("split") or {}
     try:

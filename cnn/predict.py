@@ -27,10 +27,8 @@ import sys
 import numpy as np
 
 from cnn import __version__
-from cnn._cli import fail as _fail, positive_int
-from cnn.backends import BackendUnavailable, fallback_note, get_backend
+from cnn._cli import fail as _fail, open_model, positive_int
 from cnn.images import ImageError, decode_image, upload_policy
-from cnn.io import ModelFileError, load_model
 
 PROG = "cnn.predict"
 INVERT = {"auto": "auto", "yes": True, "no": False}
@@ -77,17 +75,9 @@ def top_k(proba, k, names):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        get_backend(args.backend)
-    except (BackendUnavailable, ValueError) as exc:
-        return fail(f"--backend: {exc}")
-    note = fallback_note(args.backend)
-    if note:
-        print(f"{PROG}: {note}", file=sys.stderr)
-    try:
-        model = load_model(args.model, backend=args.backend, threads=args.threads)
-    except ModelFileError as exc:
-        return fail(f"MODEL: {exc}")
+    model, code = open_model(PROG, args.model, args.backend, args.threads)
+    if model is None:
+        return code
     options = upload_policy(model).decode_options(
         None if args.invert is None else INVERT[args.invert])
     names = class_names_of(model)
