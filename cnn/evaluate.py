@@ -75,7 +75,10 @@ def _finite(value):
 
 
 def evaluate(model, images, labels, batch_size=256):
-    """Metrics of ``model`` on raw uint8 ``images`` (N, H, W) and int ``labels`` (N,).
+    """Metrics of ``model`` on raw ``images`` and int ``labels`` (N,).
+
+    ``images`` are pixels as ``Sequential.prepare`` takes them: uint8 (or float
+    in [0, 1]), (N, H, W) for one channel, (N, C, H, W) or (N, H, W, C).
 
     Returns a dict: accuracy, loss, correct, total, predictions (N,),
     confusion (K, K) int64 with rows the true class and columns the predicted one.

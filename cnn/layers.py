@@ -1,12 +1,14 @@
 """Layers: each owns its parameters, their gradients and the cache of its last
 forward pass, and calls the kernels of the model's backend.
 
-Shapes: images are NCHW, features (N, D). ``build(input_shape, rng)`` takes the
-per-sample input shape (no batch axis), creates the parameters and returns the
-per-sample output shape. ``forward(x, training)`` returns the output and keeps
-what ``backward(dout)`` needs; ``backward`` fills ``grads`` and returns dx.
+Shapes: images are NCHW, features (N, D). ``build(input_shape, rng, dtype)``
+takes the per-sample input shape (no batch axis), creates the parameters in
+``dtype`` and returns the per-sample output shape. ``forward(x, training)``
+returns the output and keeps what ``backward(dout)`` needs; ``backward`` fills
+``grads`` and returns dx.
 ``backward(dout, need_dx=False)`` may skip dx and return None (Conv2D does:
-the first layer of a network has no use for its input gradient).
+the first layer of a network has no use for its input gradient); the other
+layers return dx whatever ``need_dx`` says.
 """
 import numbers
 

@@ -1,7 +1,8 @@
 """Sequential models: a stack of layers with forward, backward and prediction.
 
-Training code calls ``forward(x, training=True)`` on normalised float32
-batches (N, C, H, W) and ``backward(dlogits)``. Users call ``predict`` and
+Training code calls ``forward(x, training=True)`` on normalised batches
+(N, C, H, W) in the parameters' dtype (float32 unless built in float64) and
+``backward(dlogits)``. Users call ``predict`` and
 ``predict_proba`` on raw pixels; the model applies the normalisation it was
 trained with (``normalization``, saved in the weights file).
 """
@@ -34,8 +35,9 @@ class Sequential:
 
     # -- construction ---------------------------------------------------------
     def build(self, seed=0, dtype=np.float32, backend=None, threads=None):
-        """Create every parameter (He/Glorot init from ``seed``) and check that the
-        shapes chain from ``input_shape`` to one output per class."""
+        """Create every parameter (He/Glorot init from ``seed``), check that the
+        shapes chain from ``input_shape`` to one output per class, and choose the
+        backend (``set_backend``). Returns the model itself."""
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
         shape = self.input_shape
@@ -57,7 +59,10 @@ class Sequential:
         return self
 
     def set_backend(self, backend=None, threads=None):
-        """Run the layers on ``backend`` (name or None for the default) with ``threads``."""
+        """Run the layers on ``backend`` (name or None for the default) with ``threads``.
+
+        ``self.backend`` becomes the backend's name (``cython``, ``python`` or
+        ``naive``). Returns the model itself."""
         ops = get_backend(backend)
         self.backend = ops.__name__.rsplit(".", 1)[-1]   # a backend module is named as its backend
         self.threads = threads
@@ -103,8 +108,8 @@ class Sequential:
 
     # -- training -------------------------------------------------------------
     def forward(self, x, training=False, need_cache=True):
-        """Logits for a normalised batch. need_cache=False (inference only, no
-        backward to follow) lets fused steps skip keeping what backward needs."""
+        """Logits (N, K) for a normalised batch. need_cache=False (inference only,
+        no backward to follow) lets fused steps skip keeping what backward needs."""
         for step in self.steps():
             if type(step) is ConvReLUMaxPool:
                 x = step.forward(x, training, need_cache)
@@ -121,7 +126,12 @@ class Sequential:
         return dout if input_grad else None
 
     def parameters(self):
-        """[(key, param, grad_getter)] in a fixed order; key is 'LAYER.NAME'."""
+        """[(key, param, grads, name)], one per parameter, in a fixed order.
+
+        ``key`` is 'LAYER.NAME' (as in ``state()``), ``param`` the array the
+        optimizer updates in place, ``grads`` its layer's dict of gradients and
+        ``name`` the parameter's name in it: ``grads[name]`` is param's gradient
+        once ``backward`` has run (looked up then, since backward replaces it)."""
         out = []
         for i, layer in enumerate(self.layers):
             for name, value in layer.params.items():

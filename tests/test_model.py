@@ -319,3 +319,20 @@ def test_backward_without_input_grad_keeps_parameter_grads(backend):
     assert dx.shape == x.shape
     for key, _, grads, name in model.parameters():
         np.testing.assert_array_equal(grads[name], full[key], err_msg=key)
+
+
+def test_parameters_are_what_the_docstring_says():
+    """(key, param, grads, name): param is the array state() saves under key, and
+    grads[name] its gradient after backward; build and set_backend return the model."""
+    model = Sequential(small_net(MaxPool2D), input_shape=(1, 6, 6))
+    assert model.build(seed=0, backend="python", threads=SERIAL) is model
+    assert model.set_backend("python", SERIAL) is model
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    model.backward(np.ones_like(model.forward(x, training=True)))
+    state, params = model.state(), model.parameters()
+    assert [len(p) for p in params] == [4] * len(params)
+    for key, param, grads, name in params:
+        assert state[key] is param and key.endswith("." + name)
+        assert grads[name].shape == param.shape and grads[name].dtype == param.dtype
+    buffers = {"running_mean", "running_var"}
+    assert {key for key, *_ in params} == {k for k in state if k.split(".")[1] not in buffers}

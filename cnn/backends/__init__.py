@@ -30,7 +30,8 @@ Every backend module exposes the same functions, in the CS231n style:
         x (N, D), w (M, D), b (M,) -> out (N, M) = x @ w.T + b
     dense_backward(dout, cache, *, threads=None) -> (dx, dw, db)
     softmax_cross_entropy(logits, labels, *, threads=None) -> (loss, dlogits)
-        logits (N, K), labels (N,) ints in [0, K); loss is the batch mean
+        logits (N, K), labels (N,) ints in [0, K); loss is the batch mean, a
+        Python float
     batchnorm2d_forward(x, gamma, beta, running_mean, running_var, *,
                         training=True, momentum=0.1, eps=1e-5, threads=None)
         -> (out, cache); x (N, C, H, W), the rest (C,); in training mode the
@@ -39,7 +40,7 @@ Every backend module exposes the same functions, in the CS231n style:
         (the variance with the unbiased N*H*W/(N*H*W-1) correction, as PyTorch)
     batchnorm2d_backward(dout, cache, *, threads=None) -> (dx, dgamma, dbeta)
 
-Inputs are float32 or float64 (all of one dtype), outputs have that dtype. A
+Inputs are float32 or float64 (all of one dtype), output arrays have that dtype. A
 cache is only meaningful to the backward of the backend that made it. Python
 backends accept ``threads`` and ignore it.
 
