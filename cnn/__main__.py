@@ -27,7 +27,7 @@ COMMANDS = {
                  "accuracy, confusion matrix and per-class scores of a weights file"),
     "predict": ("cnn.predict", "classify image files with a weights file"),
     "export": ("cnn.export", "write a weights file as an ONNX graph"),
-    "bench": ("cnn.bench.cli", "time the kernels, training and peers (PyTorch, ONNX Runtime)"),
+    "bench": ("cnn.bench", "time the kernels, training and peers (PyTorch, ONNX Runtime)"),
     "serve": ("cnn.serve", "serve a folder of weights files over HTTP (gunicorn)"),
 }
 

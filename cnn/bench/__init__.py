@@ -14,6 +14,12 @@ One module per idea, so that a reader finds a figure's code by its name:
     server       starting and stopping that gunicorn on loopback (also used
                  by the checkout's benchmarks/*.py)
 
-Nothing is imported here: ``python -m cnn.bench.serve`` need not load the
-table's code, and ``cnn bench`` imports cnn.bench.cli.
+Nothing is imported here, so ``python -m cnn.bench.serve`` does not load the
+table's code; ``main`` is the one every ``cnn`` command module has.
 """
+
+
+def main(argv=None):
+    """``cnn bench [...]``, the same as ``python -m cnn.bench [...]`` (cnn.bench.cli)."""
+    from cnn.bench.cli import main
+    return main(argv)
