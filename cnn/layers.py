@@ -329,7 +329,18 @@ class BatchNorm2D(Layer):
         self.buffers = {"running_mean": np.zeros(C, dtype), "running_var": np.ones(C, dtype)}
         return out
 
+    # A cnn.distributed communicator while training data-parallel: the statistics
+    # are then the whole batch's over every rank's slice (NumPy, one Allreduce).
+    comm = None
+    _synced = False     # this forward pass used the whole batch's statistics
+
     def forward(self, x, training=False):
+        self._synced = training and self.comm is not None
+        if self._synced:
+            out, self.cache = self.comm.batchnorm_forward(
+                x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+                self.buffers["running_var"], self.momentum, self.eps)
+            return out
         out, self.cache = self.ops.batchnorm2d_forward(
             x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
             self.buffers["running_var"], training=training, momentum=self.momentum,
@@ -337,6 +348,10 @@ class BatchNorm2D(Layer):
         return out
 
     def backward(self, dout, need_dx=True):
+        if self._synced:
+            dx, self.grads["gamma"], self.grads["beta"] = self.comm.batchnorm_backward(
+                dout, self.cache)
+            return dx
         dx, self.grads["gamma"], self.grads["beta"] = self.ops.batchnorm2d_backward(
             dout, self.cache, threads=self.threads)
         return dx
