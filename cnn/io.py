@@ -39,7 +39,8 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -198,12 +199,15 @@ def model_meta(model, summary=None):
                 timespec="seconds")}
 
 
-def save_model(path, model, summary=None, checkpoint=None, optimizer_arrays=None):
+def save_model(path: str | os.PathLike[str], model: Sequential,
+               summary: Mapping[str, Any] | None = None,
+               checkpoint: Mapping[str, Any] | None = None,
+               optimizer_arrays: Mapping[str, np.ndarray] | None = None) -> None:
     """Write ``model`` (and, for a checkpoint, the training state) to ``path``."""
     meta = model_meta(model, summary)
     if checkpoint is not None:
         meta["checkpoint"] = checkpoint
-    arrays = {f"param/{k}": v for k, v in model.state().items()}
+    arrays: dict[str, Any] = {f"param/{k}": v for k, v in model.state().items()}
     for k, v in (optimizer_arrays or {}).items():
         arrays[f"opt/{k}"] = v
     arrays["__meta__"] = np.array(json.dumps(meta))
@@ -465,7 +469,8 @@ def _valid_normalization(norm, channels):
     return number(mean) and number(std) and std > 0
 
 
-def load_model(path, backend=None, threads=None, max_bytes=None):
+def load_model(path: str | os.PathLike[str], backend: str | None = None,
+               threads: int | None = None, max_bytes: int | None = None) -> Sequential:
     """The model saved at ``path``, ready for ``predict``/``predict_proba`` on raw pixels.
 
     Reads only ``__meta__`` and the ``param/`` members, and builds the model only

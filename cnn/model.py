@@ -6,35 +6,53 @@ Training code calls ``forward(x, training=True)`` on normalised batches
 ``predict_proba`` on raw pixels; the model applies the normalisation it was
 trained with (``normalization``, saved in the weights file).
 """
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from cnn.backends import get_backend
-from cnn.layers import Conv2D, ConvReLUMaxPool, MaxPool2D, ReLU, layer_from_config
+from cnn.layers import Conv2D, ConvReLUMaxPool, Layer, MaxPool2D, ReLU, layer_from_config
+
+# One entry of Sequential.parameters(): (key, param, grads, name).
+Parameter = tuple[str, np.ndarray, dict[str, np.ndarray], str]
 
 
-def softmax(logits):
+def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
 class Sequential:
-    def __init__(self, layers, input_shape=(1, 28, 28), class_names=None, name="model"):
+    """Layers run in order on (N, C, H, W) batches of ``input_shape`` (C, H, W),
+    ending in one score per class; ``build`` before use."""
+
+    # Set by cnn.io.load_model: the file's training summary, its whole record, its path.
+    summary_info: dict[str, Any]
+    meta: dict[str, Any]
+    path: str
+
+    def __init__(self, layers: Iterable[Layer], input_shape: Sequence[int] = (1, 28, 28),
+                 class_names: Sequence[str] | None = None, name: str = "model") -> None:
         self.layers = list(layers)
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_shape: tuple[int, ...] = tuple(int(s) for s in input_shape)
         self.class_names = tuple(class_names) if class_names is not None else None
         self.name = name
-        self.normalization = None   # {"mean": float, "std": float} once trained
-        self.backend = None
-        self.threads = None
-        self.rng = None
-        self.output_shape = None
-        self.dtype = None           # the parameters' float dtype, set by build
+        # {"mean": float, "std": float} (lists per channel for colour) once trained
+        self.normalization: dict[str, Any] | None = None
+        self.backend: str | None = None
+        self.threads: int | None = None
+        self.rng: np.random.Generator | None = None
+        self.output_shape: tuple[int, ...] | None = None
+        self.dtype: np.dtype | None = None      # the parameters' float dtype, set by build
         self.fuse = True            # run Conv2D -> ReLU -> MaxPool2D as one op
-        self._steps = None
+        self._steps: tuple[tuple[bool, tuple[int, ...]], list[Any]] | None = None
 
     # -- construction ---------------------------------------------------------
-    def build(self, seed=0, dtype=np.float32, backend=None, threads=None):
+    def build(self, seed: int = 0, dtype: DTypeLike = np.float32, backend: str | None = None,
+              threads: int | None = None) -> "Sequential":
         """Create every parameter (He/Glorot init from ``seed``), check that the
         shapes chain from ``input_shape`` to one output per class, and choose the
         backend (``set_backend``). Returns the model itself."""
@@ -58,7 +76,8 @@ class Sequential:
         self.set_backend(backend, threads)
         return self
 
-    def set_backend(self, backend=None, threads=None):
+    def set_backend(self, backend: str | None = None,
+                    threads: int | None = None) -> "Sequential":
         """Run the layers on ``backend`` (name or None for the default) with ``threads``.
 
         ``self.backend`` becomes the backend's name (``cython``, ``python`` or
@@ -72,14 +91,15 @@ class Sequential:
         self._steps = None
         return self
 
-    def steps(self):
+    def steps(self) -> list[Any]:
         """The layers as they run: every Conv2D -> ReLU -> MaxPool2D triple is one
         fused step (ConvReLUMaxPool) when ``fuse`` is on, the rest one step each.
         The fused op computes what the three do (its tests check that on every
         backend) in one pass over memory instead of three."""
         key = (self.fuse, tuple(map(id, self.layers)))
         if self._steps is None or self._steps[0] != key:
-            steps, i, layers = [], 0, self.layers
+            steps: list[Any] = []
+            i, layers = 0, self.layers
             while i < len(layers):
                 if (self.fuse and i + 2 < len(layers)
                         and type(layers[i]) is Conv2D and type(layers[i + 1]) is ReLU
@@ -93,21 +113,25 @@ class Sequential:
         return self._steps[1]
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
+        if self.output_shape is None:
+            raise RuntimeError("the model is not built: call build() or use cnn.load_model()")
         return self.output_shape[0]
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"layers": [layer.config() for layer in self.layers],
                 "input_shape": list(self.input_shape), "name": self.name}
 
     @classmethod
-    def from_config(cls, config, class_names=None):
+    def from_config(cls, config: Mapping[str, Any],
+                    class_names: Sequence[str] | None = None) -> "Sequential":
         return cls([layer_from_config(c) for c in config["layers"]],
                    input_shape=config["input_shape"], class_names=class_names,
                    name=config.get("name", "model"))
 
     # -- training -------------------------------------------------------------
-    def forward(self, x, training=False, need_cache=True):
+    def forward(self, x: np.ndarray, training: bool = False,
+                need_cache: bool = True) -> np.ndarray:
         """Logits (N, K) for a normalised batch. need_cache=False (inference only,
         no backward to follow) lets fused steps skip keeping what backward needs."""
         for step in self.steps():
@@ -117,7 +141,7 @@ class Sequential:
                 x = step.forward(x, training)
         return x
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Fill every layer's grads from dL/dlogits; return dL/dx (None when
         ``input_grad`` is False, which lets the first layer skip that work)."""
         steps = self.steps()
@@ -125,7 +149,7 @@ class Sequential:
             dout = steps[i].backward(dout, need_dx=input_grad or i > 0)
         return dout if input_grad else None
 
-    def parameters(self):
+    def parameters(self) -> list[Parameter]:
         """[(key, param, grads, name)], one per parameter, in a fixed order.
 
         ``key`` is 'LAYER.NAME' (as in ``state()``), ``param`` the array the
@@ -138,7 +162,7 @@ class Sequential:
                 out.append((f"{i}.{name}", value, layer.grads, name))
         return out
 
-    def state(self):
+    def state(self) -> dict[str, np.ndarray]:
         """Every array to save: parameters and buffers, keyed 'LAYER.NAME'."""
         arrays = {}
         for i, layer in enumerate(self.layers):
@@ -146,7 +170,7 @@ class Sequential:
                 arrays[f"{i}.{name}"] = value
         return arrays
 
-    def load_state(self, arrays):
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Copy saved arrays into the built model, checking names and shapes."""
         expected = self.state()
         missing = sorted(set(expected) - set(arrays))
@@ -161,10 +185,10 @@ class Sequential:
                                  f"needs {target.shape}")
             target[...] = value
 
-    def num_params(self):
+    def num_params(self) -> int:
         return int(sum(p.size for _, p, _, _ in self.parameters()))
 
-    def summary(self):
+    def summary(self) -> str:
         rows = [("layer", "output shape", "params")]
         shape = self.input_shape
         rows.append(("input", str(shape), "0"))
@@ -178,7 +202,7 @@ class Sequential:
         return "\n".join(lines)
 
     # -- inference --------------------------------------------------------------
-    def prepare(self, x):
+    def prepare(self, x: np.ndarray) -> np.ndarray:
         """Raw pixels -> normalised (N, C, H, W) in the model's dtype (float32 by default).
 
         Accepts uint8 0-255 or float 0-1, shaped (N, C, H, W) or, for one
@@ -220,7 +244,7 @@ class Sequential:
             x = (x - mean) / std
         return np.ascontiguousarray(x, dtype=ftype)
 
-    def logits(self, x, batch_size=256):
+    def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class scores (N, K) for normalised input, computed in batches."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
@@ -232,10 +256,10 @@ class Sequential:
                                             need_cache=False)
                                for i in range(0, len(x), batch_size)])
 
-    def predict_proba(self, x, batch_size=256):
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for raw pixels."""
         return softmax(self.logits(self.prepare(x), batch_size))
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class indices (N,) for raw pixels."""
         return self.predict_proba(x, batch_size).argmax(axis=1)

@@ -65,6 +65,8 @@ Configuration: see service.config (``CNN_MODEL_DIR``, ``CNN_DEFAULT_MODEL``,
 passed in ``test_config`` (which also takes Flask settings such as TESTING).
 """
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, Request
 from werkzeug.datastructures import ImmutableMultiDict
@@ -113,7 +115,7 @@ def _limit_blas_threads(threads, logger):
         logger.warning("could not limit BLAS threads to %d: %s", threads, exc)
 
 
-def create_app(test_config=None):
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The Flask app: configuration, models of this process, blueprints, handlers."""
     app = Flask(__name__, static_folder=None)   # no static files: no /static route
     app.request_class = ServiceRequest
@@ -123,7 +125,7 @@ def create_app(test_config=None):
     app.config["MAX_CONTENT_LENGTH"] = settings["CNN_MAX_CONTENT_LENGTH"]
     # bound multipart parsing: the image files plus a few stray fields
     app.config["MAX_FORM_PARTS"] = 2 * settings["CNN_MAX_IMAGES"] + 64
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # the default provider has it
     if app.logger.level == logging.NOTSET:
         app.logger.setLevel(logging.INFO)  # model loading is reported at INFO
 

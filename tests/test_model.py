@@ -336,3 +336,8 @@ def test_parameters_are_what_the_docstring_says():
         assert grads[name].shape == param.shape and grads[name].dtype == param.dtype
     buffers = {"running_mean", "running_var"}
     assert {key for key, *_ in params} == {k for k in state if k.split(".")[1] not in buffers}
+
+
+def test_an_unbuilt_model_says_so():
+    with pytest.raises(RuntimeError, match="not built: call build"):
+        assert Sequential([Flatten(), Dense(2)]).num_classes

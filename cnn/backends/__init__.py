@@ -57,6 +57,7 @@ import importlib
 import importlib.util
 import os
 import warnings
+from types import ModuleType
 
 BACKENDS = ("cython", "python", "naive")
 OPS = (
@@ -87,7 +88,7 @@ class KernelsNotBuiltWarning(RuntimeWarning):
     """The compiled kernels are missing: the default backend is the slower ``python``."""
 
 
-def cython_available():
+def cython_available() -> bool:
     try:
         importlib.import_module(_MODULES["cython"])
     except BackendUnavailable:
@@ -95,7 +96,7 @@ def cython_available():
     return True
 
 
-def available():
+def available() -> dict[str, bool]:
     """Which backends can run here: ``{"cython": bool, "python": True, "naive": True}``.
 
     ``cython`` is True when its compiled kernels import (built for this Python).
@@ -103,7 +104,7 @@ def available():
     return {"cython": cython_available(), "python": True, "naive": True}
 
 
-def missing_kernels():
+def missing_kernels() -> list[str]:
     """The compiled modules that cannot be found (without loading any: loading
     starts OpenMP, which must read its settings later, see cnn/__init__)."""
     missing = []
@@ -117,7 +118,7 @@ def missing_kernels():
     return missing
 
 
-def fallback_note(name=None):
+def fallback_note(name: str | None = None) -> str | None:
     """None, unless backend ``name`` (None: the default) is the ``python`` fallback
     for kernels that are not built; then one line saying so and how to build them."""
     if name is None:
@@ -147,7 +148,7 @@ def _warn_fallback(note):
 _warned = False
 
 
-def get_backend(name=None):
+def get_backend(name: str | None = None) -> ModuleType:
     """The backend module called ``name`` (``cython``, ``python`` or ``naive``).
 
     None means ``CNN_BACKEND`` from the environment, else ``cython`` when its

@@ -2,6 +2,8 @@
 import io
 import numbers
 import os
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,9 +22,15 @@ from cnn.images.limits import ALLOWED_FORMATS, MAX_PIXELS
 from cnn.images.options import _check_options
 from cnn.images.png import _simple_png, _simple_png_size
 
+# An image file: its bytes or its path.
+ImageData = bytes | bytearray | memoryview | str | os.PathLike[str]
 
-def decode_image(data, *, size=(28, 28), invert="auto", max_pixels=MAX_PIXELS,
-                 allowed_formats=ALLOWED_FORMATS, name=None, channels=1, fit="pad"):
+
+def decode_image(data: ImageData, *, size: int | tuple[int, int] = (28, 28),
+                 invert: bool | Literal["auto"] = "auto", max_pixels: int = MAX_PIXELS,
+                 allowed_formats: Collection[str] = ALLOWED_FORMATS, name: str | None = None,
+                 channels: Literal[1, 3] = 1,
+                 fit: Literal["pad", "crop"] = "pad") -> np.ndarray:
     """Decode one image file into a uint8 (H, W) array, Fashion-MNIST style, or
     with ``fit="crop"`` as models trained on image folders see it.
 
@@ -78,7 +86,9 @@ def decode_image(data, *, size=(28, 28), invert="auto", max_pixels=MAX_PIXELS,
     return _decode_one(data, None, name, opts)
 
 
-def decode_images(items, *, names=None, on_error=None, max_total_pixels=None, **kw):
+def decode_images(items: Sequence[ImageData], *, names: Sequence[str | None] | None = None,
+                  on_error: Callable[[int, Exception], object] | None = None,
+                  max_total_pixels: int | None = None, **kw: Any) -> np.ndarray:
     """Decode a batch of image files (bytes or paths) into uint8 (N, H, W)
     (or (N, H, W, 3) for ``channels=3``).
 

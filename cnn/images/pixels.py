@@ -1,12 +1,16 @@
 """Raw pixel arrays (JSON lists or ndarrays) as the network's float input."""
+from typing import Literal
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from cnn._checks import pair
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
 
 
-def pixels_from_array(a, *, size=(28, 28), channels=1):
+def pixels_from_array(a: ArrayLike, *, size: int | tuple[int, int] = (28, 28),
+                      channels: Literal[1, 3] = 1) -> np.ndarray:
     """Raw pixels (nested lists from JSON, or an ndarray) as float32 (N, C, H, W) in [0, 1].
 
     Accepted shapes, with (H, W) == ``size`` exactly (arrays are never

@@ -16,11 +16,14 @@ background is inverted to match. For ordinary photos it is off ("never"):
 inverting them would only hurt. The weights file says which (the ``fit`` and
 ``invert`` of its data record, written by ``python -m cnn.train``).
 """
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from cnn.images.convert import _border_sums
+
+if TYPE_CHECKING:   # a hint only: cnn.model need not load with cnn.images
+    from cnn.model import Sequential
 
 #: A training set is "light objects on black" when the mean of its images'
 #: 1-pixel borders is at most this (Fashion-MNIST: 0.4; photos of objects on
@@ -66,7 +69,7 @@ def upload_record(images, fit=None):
     return {"fit": fit or ("pad" if dark else "crop"), "invert": "auto" if dark else "never"}
 
 
-def upload_policy(model):
+def upload_policy(model: "Sequential") -> UploadPolicy:
     """The :class:`UploadPolicy` of a loaded (or built) model."""
     channels, height, width = (int(s) for s in model.input_shape)
     record = (getattr(model, "summary_info", None) or {}).get("data") or {}
