@@ -36,10 +36,11 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 
-from cnn import __version__, history as run_history
+from cnn import __version__, distributed, history as run_history
 from cnn._cli import (
     fail as _fail,
     fraction,
@@ -168,6 +169,14 @@ def build_parser():
                         "steps (e.g. 200) or every TIME (e.g. 30s, 5m; default: 60s)")
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
                    help="live bar, one line per epoch, or bar only on a terminal (auto)")
+    p.add_argument("--distributed", action="store_true",
+                   help="train over MPI, one model on every rank of mpiexec/srun "
+                        "(detected from the launcher's environment without the flag; "
+                        "needs pip install 'cnn[mpi]'); --batch-size stays the global batch")
+    p.add_argument("--mpi-timeout", type=positive_float,
+                   default=distributed.DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="over MPI: end the whole job when the ranks have not met for "
+                        "this long (a rank died or hangs; default: %(default)g)")
     return p
 
 
@@ -192,6 +201,14 @@ def fail(message, code=2):
     return _fail("cnn.train", message, code)
 
 
+def _failer(comm):
+    """fail(), naming the rank when it is not rank 0: over MPI every rank says
+    why it stops (an error may be one rank's own, such as its missing data)."""
+    if comm is None or comm.rank == 0:
+        return fail
+    return lambda message, code=2: fail(f"rank {comm.rank}: {message}", code)
+
+
 def main(argv=None):
     # SIGTERM stops a run as Ctrl-C does (the message names the checkpoint to
     # continue from), exit status 143; only in the main thread, where Python
@@ -212,6 +229,34 @@ def main(argv=None):
 def run(argv=None):
     parser = build_parser()
     args, given = parse_args(parser, argv)
+    try:
+        comm = distributed.connect(args.distributed, args.mpi_timeout)
+    except distributed.DistributedError as exc:
+        return fail(str(exc))
+    if comm is None:
+        return train(args, given, None)
+    # Over MPI a rank that fails alone must end the job, else the others would
+    # wait for it in their next collective.
+    code = 1
+    try:
+        with distributed.quiet_unless_rank0(comm):
+            code = train(args, given, comm)
+    except KeyboardInterrupt as exc:
+        code = interrupted_status(exc)
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        if code != 0:
+            comm.abort(code)
+    return code
+
+
+def train(args, given, comm):
+    """The run of ``args``; over MPI (``comm``) every rank runs it, rank 0 alone
+    writes files and prints."""
+    lead = comm is None or comm.rank == 0
+    fail = _failer(comm)
     if args.out is not None and (os.path.isdir(args.out) or args.out.endswith(os.sep)):
         return fail(f"--out: {args.out!r} is a folder; give a file name such as "
                     f"{os.path.join(args.out, 'model.npz')!r}")
@@ -290,7 +335,9 @@ def run(argv=None):
         else:
             model = build_architecture(args.arch, data.num_classes, input_shape,
                                        class_names=data.class_names)
-        model.build(seed=args.seed, backend=args.backend, threads=args.threads)
+        threads = args.threads if comm is None else \
+            distributed.threads_per_rank(comm.local_size, args.threads)
+        model.build(seed=args.seed, backend=args.backend, threads=threads)
     except ValueError as exc:
         return fail(f"--arch: {exc}")
     model.normalization = normalizer.to_dict()
@@ -298,6 +345,12 @@ def run(argv=None):
     schedule = Schedule(lr, args.schedule, epochs=args.epochs,
                         step_size=max(1, args.epochs // 3))
     steps = (len(x_train) + args.batch_size - 1) // args.batch_size
+    smallest = len(x_train) - (steps - 1) * args.batch_size
+    if comm is not None and smallest < comm.size:
+        return fail(f"--batch-size {args.batch_size}: every batch needs an image for each "
+                    f"of the {comm.size} ranks, but the last batch of an epoch of "
+                    f"{len(x_train):,} images holds {smallest}: change --batch-size or "
+                    f"--limit")
     keep = args.keep or ("best" if args.early_stopping else "last")
     watching = bool(args.early_stopping) or keep == "best"
     if watching and len(x_val) == 0:
@@ -331,18 +384,20 @@ def run(argv=None):
 
     # Everything a checkpoint holds, twice (the new file is written before the
     # old one is replaced), plus the weights file, history and curves.
+    # Rank 0 alone writes, so it alone checks the output.
     param_bytes = sum(v.nbytes for v in model.state().values())
-    error = check_output(out, 2 * 3 * param_bytes + param_bytes + 2**20)
+    error = check_output(out, 2 * 3 * param_bytes + param_bytes + 2**20) if lead else None
     if error:
         return fail(error)
-    stale = remove_stale_temp_files(out)
+    stale = remove_stale_temp_files(out) if lead else []
 
     threads = model.threads or __import__("cnn").get_num_threads()
+    ranks = f"{comm.size} MPI ranks x " if comm is not None else ""
     print(f"cnn {__version__}: training {model.name} ({model.num_params():,} parameters) "
           f"on {data.name} from {data.source}")
     stopping = (f", early stopping (patience {args.early_stopping}, {args.monitor})"
                 if args.early_stopping else "")
-    print(f"  backend {model.backend}, {threads} threads, float32; images: "
+    print(f"  backend {model.backend}, {ranks}{threads} threads, float32; images: "
           f"{len(x_train):,} train / {len(x_val):,} validation / {len(x_test):,} test; "
           f"batch {args.batch_size}, {args.optimizer} lr {lr:g} ({args.schedule}), "
           f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
@@ -371,6 +426,8 @@ def run(argv=None):
 
     def save_checkpoint(epochs_done, where):
         nonlocal saved_at, last_save
+        if not lead:      # the state is the same on every rank: rank 0 saves it
+            return
         opt_meta, opt_arrays = optimizer.state_dict()
         stop_meta, best_arrays = stopper.state_dict()
         opt_arrays = dict(opt_arrays, **{BEST_PREFIX[4:] + k: v for k, v in best_arrays.items()})
@@ -427,7 +484,8 @@ def run(argv=None):
             fit(model, loss_fn, optimizer, schedule, (x_train, tr_y), (x_val, va_y),
                 epochs=args.epochs, batch_size=args.batch_size, rng=rng,
                 start_epoch=start_epoch, position=position, augment=augment,
-                on_epoch_end=on_epoch_end, on_step_end=on_step_end, progress=progress)
+                on_epoch_end=on_epoch_end, on_step_end=on_step_end, progress=progress,
+                comm=comm)
         if stopper.stopped_epoch is not None:
             n = args.early_stopping
             print(f"early stopping: {args.monitor} has not improved for {n} "
@@ -438,7 +496,7 @@ def run(argv=None):
         if kept is not None and kept != last_epoch:
             print(f"keeping epoch {kept}'s weights (--keep best)")
 
-        test_loss, test_acc = evaluate_logits(model, x_test, data.test_labels)
+        test_loss, test_acc = evaluate_logits(model, x_test, data.test_labels, comm=comm)
         summary = {
             "arch": args.arch, "epochs": len(history), "kept_epoch": kept,
             "test_accuracy": test_acc,
@@ -450,7 +508,8 @@ def run(argv=None):
             "augment": args.augment,
             "shift": args.shift if args.augment in ("shift", "both") else None,
             "seed": args.seed, "backend": model.backend,
-            "threads": threads, "seconds": round(time.time() - started, 1),
+            "threads": threads, "ranks": comm.size if comm is not None else 1,
+            "seconds": round(time.time() - started, 1),
             "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "cnn_version": __version__,
@@ -460,6 +519,8 @@ def run(argv=None):
         if record:      # image folders and .npz: shape, channel order, resize, the split
             summary["data"] = dict(record, val_fraction=None if val_folder else
                                    args.val_fraction, val_images=len(x_val))
+        if not lead:
+            return 0
         write_output(out, lambda: save_model(out, model, summary))
         hist_file, csv_file, png_file = (sidecar(out, ".history.json"),
                                          sidecar(out, ".history.csv"), sidecar(out, ".png"))
