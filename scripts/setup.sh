@@ -18,4 +18,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 
 python3 -m pip install --quiet --upgrade pip
-python3 -m pip install --quiet -e ".[test]"
+# mpi: mpi4py and Open MPI, so the tests of training over MPI run (tests/test_distributed.py)
+python3 -m pip install --quiet -e ".[test,mpi]"
