@@ -38,8 +38,8 @@ def proxy(backend, tmp_path_factory):
     folder = tmp_path_factory.mktemp("nginx")
     port = free_port()
     server = (ROOT / "deploy" / "nginx.conf").read_text()
-    assert "server api:8000;" in server and "listen 8000;" in server
-    server = server.replace("server api:8000;", f"server 127.0.0.1:{backend['port']};")
+    assert "server api:8000 resolve;" in server and "listen 8000;" in server
+    server = server.replace("server api:8000 resolve;", f"server 127.0.0.1:{backend['port']};")
     server = server.replace("listen 8000;", f"listen 127.0.0.1:{port};")
     (folder / "server.conf").write_text(server)
     temp = {name: folder / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
