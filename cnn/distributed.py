@@ -195,10 +195,13 @@ class Communicator:
             os._exit(3)
 
     # -- synchronised batch norm ---------------------------------------------
-    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps):
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps,
+                          ops=None, threads=None):
         """Training-mode batch norm of this rank's slice with the statistics of
-        the whole batch: per channel, sum x and sum x^2 summed over the ranks (one
-        Allreduce). In float64 as the kernels; returns (out, cache)."""
+        the whole batch: per channel, sum x and sum x^2 (float64) summed over the
+        ranks (one Allreduce); the backend's kernel then normalises with them, as
+        it does with running statistics at inference. Returns (out, cache)."""
+        ops = ops or _default_ops()
         N, C, H, W = x.shape
         stats = np.empty(2 * C + 1)
         stats[:C] = x.sum(axis=(0, 2, 3), dtype=np.float64)
@@ -211,25 +214,35 @@ class Communicator:
         for running, stat in ((running_mean, mean),
                               (running_var, var * (m / (m - 1)) if m > 1 else var)):
             running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * stat
-        inv_std = 1.0 / np.sqrt(var + eps)
-        out = (x - mean[:, None, None]) * (gamma * inv_std)[:, None, None] + beta[:, None, None]
-        return out.astype(x.dtype), (x, gamma, mean, inv_std, m)
+        out, cache = ops.batchnorm2d_forward(x, gamma, beta, mean.astype(x.dtype),
+                                             var.astype(x.dtype), training=False, eps=eps,
+                                             threads=threads)
+        return out, (cache, m)
 
-    def batchnorm_backward(self, dout, cache):
-        """(dx, dgamma, dbeta) of this rank's slice: dx uses sum dout and sum
-        dout * xhat over every rank (one Allreduce); dgamma, dbeta are this rank's
-        own sums, as the gradient Allreduce adds the ranks' parameter gradients."""
-        x, gamma, mean, inv_std, m = cache
-        C = x.shape[1]
-        xhat = (x - mean[:, None, None]) * inv_std[:, None, None]
-        local = np.empty(2 * C)
-        local[:C] = dout.sum(axis=(0, 2, 3), dtype=np.float64)
-        local[C:] = np.einsum("nchw,nchw->c", dout, xhat, dtype=np.float64)
-        total = self.sum_(local.copy(), "the batch-norm gradients")
-        dbeta, dgamma = total[:C], total[C:]
-        dx = (gamma * inv_std)[:, None, None] * (
-            dout - dbeta[:, None, None] / m - xhat * (dgamma / m)[:, None, None])
-        return dx.astype(x.dtype), local[C:].astype(x.dtype), local[:C].astype(x.dtype)
+    def batchnorm_backward(self, dout, cache, ops=None, threads=None):
+        """(dx, dgamma, dbeta) of this rank's slice. The kernel's inference-mode
+        backward gives gamma * inv_std * dout and this slice's sum dout, sum dout *
+        xhat; those sums over every rank (one Allreduce) give dx the training-mode
+        terms. dgamma, dbeta stay this rank's own: the gradient Allreduce adds them."""
+        ops = ops or _default_ops()
+        (kernel_cache, m), C = cache, dout.shape[1]
+        x, gamma, mean, inv_std = kernel_cache[:4]
+        dx, dgamma, dbeta = ops.batchnorm2d_backward(dout, kernel_cache, threads=threads)
+        total = np.concatenate([dbeta, dgamma]).astype(np.float64)
+        self.sum_(total, "the batch-norm gradients")
+        # dx -= gamma * inv_std / m * (sum dout + xhat * sum dout * xhat)
+        scale = gamma.astype(np.float64) * inv_std / m
+        shift, slope = scale * total[:C], scale * inv_std * total[C:]
+        correction = x - mean.astype(x.dtype)[:, None, None]
+        correction *= slope.astype(x.dtype)[:, None, None]
+        correction += shift.astype(x.dtype)[:, None, None]
+        dx -= correction
+        return dx, dgamma, dbeta
+
+
+def _default_ops():
+    from cnn.backends import get_backend
+    return get_backend()
 
 
 class GradientReducer:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from cnn import distributed
+from cnn.backends import BackendUnavailable, get_backend
 from cnn.distributed import Communicator, DistributedError
 from cnn.io import read_model_file
 from cnn.reference.batchnorm import batchnorm2d_backward, batchnorm2d_forward
@@ -276,7 +277,12 @@ class SummedByHand:
         return buf
 
 
-def test_synchronised_batch_norm_equals_the_whole_batch():
+@pytest.mark.parametrize("backend", ["python", "cython"])
+def test_synchronised_batch_norm_equals_the_whole_batch(backend):
+    try:
+        ops = get_backend(backend)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((7, 3, 4, 5)) * 2 + 1).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
@@ -292,7 +298,7 @@ def test_synchronised_batch_norm_equals_the_whole_batch():
     for s in slices:
         running_mean, running_var = np.zeros(3, np.float32), np.ones(3, np.float32)
         o, c = Communicator.batchnorm_forward(comm, x[s], gamma, beta, running_mean,
-                                              running_var, 0.1, 1e-5)
+                                              running_var, 0.1, 1e-5, ops=ops)
         outs.append(o)
         caches.append(c)
         np.testing.assert_allclose(running_mean, whole_mean, rtol=1e-5, atol=1e-6)
@@ -301,7 +307,8 @@ def test_synchronised_batch_norm_equals_the_whole_batch():
 
     comm.totals["the batch-norm gradients"] = sum(
         _backward_sums(dout[s], c) for s, c in zip(slices, caches))
-    parts = [Communicator.batchnorm_backward(comm, dout[s], c) for s, c in zip(slices, caches)]
+    parts = [Communicator.batchnorm_backward(comm, dout[s], c, ops=ops)
+             for s, c in zip(slices, caches)]
     np.testing.assert_allclose(np.concatenate([p[0] for p in parts]), dx, atol=1e-5)
     # Each rank's dgamma/dbeta is its own share: the gradient Allreduce adds them.
     np.testing.assert_allclose(sum(p[1] for p in parts), dgamma, rtol=1e-5, atol=1e-5)
@@ -318,7 +325,7 @@ def _forward_stats(x):
 
 
 def _backward_sums(dout, cache):
-    x, gamma, mean, inv_std, m = cache
+    (x, gamma, mean, inv_std, _), m = cache
     xhat = (x - mean[:, None, None]) * inv_std[:, None, None]
     return np.concatenate([dout.sum(axis=(0, 2, 3), dtype=np.float64),
                            (dout * xhat).sum(axis=(0, 2, 3))])
