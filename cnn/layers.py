@@ -339,7 +339,7 @@ class BatchNorm2D(Layer):
         if self._synced:
             out, self.cache = self.comm.batchnorm_forward(
                 x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
-                self.buffers["running_var"], self.momentum, self.eps)
+                self.buffers["running_var"], self.momentum, self.eps, self.ops, self.threads)
             return out
         out, self.cache = self.ops.batchnorm2d_forward(
             x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
@@ -350,7 +350,7 @@ class BatchNorm2D(Layer):
     def backward(self, dout, need_dx=True):
         if self._synced:
             dx, self.grads["gamma"], self.grads["beta"] = self.comm.batchnorm_backward(
-                dout, self.cache)
+                dout, self.cache, self.ops, self.threads)
             return dx
         dx, self.grads["gamma"], self.grads["beta"] = self.ops.batchnorm2d_backward(
             dout, self.cache, threads=self.threads)
