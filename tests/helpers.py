@@ -121,7 +121,7 @@ class NaNFilledNumPy:
 
 
 KERNEL_MODULES = ("cnn._conv", "cnn._conv_relu_pool", "cnn._pool", "cnn._relu", "cnn._dense",
-                  "cnn._softmax", "cnn._batchnorm")
+                  "cnn._softmax", "cnn._batchnorm", "cnn._winograd")
 
 
 def poison_kernel_outputs(monkeypatch):
