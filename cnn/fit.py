@@ -9,7 +9,7 @@ running metrics), so a resumed run computes the same numbers bit for bit.
 Progress looks like Keras's ``fit``: a live tqdm bar with ETA and running
 loss/accuracy on a terminal, one line per epoch otherwise:
 
-    Epoch 3/10 - 41.2s - loss: 0.4113 - acc: 0.8702 - val_loss: 0.3921 - val_acc: 0.8611 - lr: 0.00091
+    Epoch 3/5 - 41.2s - loss: 0.4113 - acc: 0.8702 - val_loss: 0.3921 - val_acc: 0.8611 - lr: 0.0009
 """
 import contextlib
 import sys

@@ -484,8 +484,8 @@ def train(args, given, comm):
             fit(model, loss_fn, optimizer, schedule, (x_train, tr_y), (x_val, va_y),
                 epochs=args.epochs, batch_size=args.batch_size, rng=rng,
                 start_epoch=start_epoch, position=position, augment=augment,
-                on_epoch_end=on_epoch_end, on_step_end=on_step_end, progress=progress,
-                comm=comm)
+                on_epoch_end=on_epoch_end, on_step_end=on_step_end if lead else None,
+                progress=progress, comm=comm)
         if stopper.stopped_epoch is not None:
             n = args.early_stopping
             print(f"early stopping: {args.monitor} has not improved for {n} "
@@ -532,7 +532,8 @@ def train(args, given, comm):
             png_file, history, title, kept if kept != last_epoch else None))
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{what}: {saved_text()}", file=sys.stderr)
+        if lead:        # (the checkpoint is rank 0's)
+            print(f"\n{what}: {saved_text()}", file=sys.stderr, flush=True)
         return interrupted_status(exc)
     except OutputError as exc:
         return fail(f"{exc}; {saved_text()}", IO_ERROR)
