@@ -15,9 +15,7 @@ threadpoolctl's controllers.
 """
 from threadpoolctl import ThreadpoolController
 
-# How many threads a kernel uses is cnn._threads' policy; pyx/dense.pyx still
-# imports its GEMM constant from here.
-from cnn._threads import GEMM_WORK_PER_THREAD  # noqa: F401
+# How many threads a kernel uses is cnn._threads' policy.
 
 _libraries = None
 

@@ -106,6 +106,10 @@ MIN_WORK_PER_THREAD = 32768
 # pass): ~100 us of single-threaded SGEMM. One image through convnet took 0.40 ms
 # with its conv2 and dense1 split over 2 threads, 0.26 ms on one.
 GEMM_WORK_PER_THREAD = 1 << 22
+# Elements of ReLU (forward or backward): a pass over memory with one compare each.
+RELU_WORK_PER_THREAD = 65536
+# Elements of pooling input: a few compares or adds each, planes split between threads.
+POOL_WORK_PER_THREAD = 16384
 
 
 def threads_for(threads, work, min_work=MIN_WORK_PER_THREAD):
@@ -114,7 +118,10 @@ def threads_for(threads, work, min_work=MIN_WORK_PER_THREAD):
     At most ``threads`` (None: the default, see ``resolve_threads``), at most one
     per ``min_work`` units, at least one.
     """
-    return max(1, min(resolve_threads(threads), work // min_work))
+    cap = work // min_work
+    if cap <= 1 and threads is None:
+        return 1    # one thread whatever the default: skip looking the default up
+    return max(1, min(resolve_threads(threads), cap))
 
 
 def split_threads(threads, items):

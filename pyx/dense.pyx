@@ -32,8 +32,8 @@ import numpy as np
 from cython.parallel cimport prange
 
 from cnn._checks import check_blas_sizes, check_dense, check_dout
-from cnn._blas_threads import GEMM_WORK_PER_THREAD, blas_threads
-from cnn._threads import resolve_threads
+from cnn._blas_threads import blas_threads
+from cnn._threads import GEMM_WORK_PER_THREAD, threads_for
 
 include "gemm.pxi"
 
@@ -105,7 +105,7 @@ cdef void dense_backward_kernel(const floating[:, ::1] x, const floating[:, ::1]
 def _gemm_threads(threads, N, D, M):
     # At least GEMM_WORK_PER_THREAD multiply-adds per thread: below that,
     # waking a sleeping thread costs more than it saves.
-    return max(1, min(resolve_threads(threads), (N * D * M) // GEMM_WORK_PER_THREAD))
+    return threads_for(threads, N * D * M, GEMM_WORK_PER_THREAD)
 
 
 def dense_forward(x, w, b, *, threads=None):

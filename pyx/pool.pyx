@@ -29,8 +29,9 @@ Backward zeroes a plane's dx and adds each output's gradient into it: max pool
 to the stored argmax (an index outside [0, H*W) is skipped, so a tampered
 cache cannot write out of bounds), average pool spread evenly over the window.
 
-Small inputs run on fewer threads: each thread gets at least GRAIN elements,
-since waking a thread costs more than pooling a few thousand values.
+Small inputs run on fewer threads: each thread gets at least
+cnn._threads.POOL_WORK_PER_THREAD elements, since waking a thread costs more than
+pooling a few thousand values.
 """
 import numpy as np
 
@@ -40,10 +41,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from cnn._checks import check_argmax, check_dout, check_pool2d
-from cnn._threads import resolve_threads
-
-GRAIN = 16384  # elements per thread, at least
-
+from cnn._threads import POOL_WORK_PER_THREAD, threads_for
 
 include "maxpool_plane.pxi"
 
@@ -189,11 +187,9 @@ cdef void avgpool_backward_kernel(const floating[:, :, ::1] dout, floating[:, :,
 
 
 def _loop_threads(threads, planes, size):
-    """Threads for a loop over ``planes`` planes of ``size`` elements in all."""
-    cap = min(planes, size // GRAIN)
-    if cap <= 1 and threads is None:
-        return 1  # one thread whatever the default: skip looking the default up
-    return max(1, min(resolve_threads(threads), cap))
+    """Threads for a loop over ``planes`` planes of ``size`` elements in all
+    (cnn._threads' policy; no more threads than planes)."""
+    return min(threads_for(threads, size, POOL_WORK_PER_THREAD), planes)
 
 
 def maxpool2d_forward(x, kernel=2, stride=None, *, threads=None):

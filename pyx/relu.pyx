@@ -10,7 +10,7 @@ The chunk body is a plain loop over raw pointers that the compiler vectorises.
     dx  = dout where x > 0 else 0   the cache is x itself
 
 ReLU is memory-bound: threads only pay off on large arrays, so each thread
-gets at least GRAIN elements.
+gets at least cnn._threads.RELU_WORK_PER_THREAD elements.
 """
 import numpy as np
 
@@ -18,10 +18,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cnn._checks import check_dout, check_elementwise
-from cnn._threads import resolve_threads
+from cnn._threads import RELU_WORK_PER_THREAD, threads_for
 
 cdef Py_ssize_t CHUNK = 16384
-GRAIN = 65536  # elements per thread, at least
 
 
 cdef inline void relu_chunk(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
@@ -60,11 +59,8 @@ cdef void relu_backward_kernel(const floating[::1] x, const floating[::1] dout,
 
 
 def _loop_threads(threads, size):
-    """Threads for ``size`` elements: at most one per GRAIN."""
-    cap = size // GRAIN
-    if cap <= 1 and threads is None:
-        return 1  # one thread whatever the default: skip looking the default up
-    return max(1, min(resolve_threads(threads), cap))
+    """Threads for ``size`` elements (cnn._threads' policy)."""
+    return threads_for(threads, size, RELU_WORK_PER_THREAD)
 
 
 def relu_forward(x, *, threads=None):

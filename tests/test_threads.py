@@ -5,6 +5,8 @@ from cnn import _threads
 from cnn._threads import (
     GEMM_WORK_PER_THREAD,
     MIN_WORK_PER_THREAD,
+    POOL_WORK_PER_THREAD,
+    RELU_WORK_PER_THREAD,
     forward_split,
     split_threads,
     threads_for,
@@ -49,15 +51,16 @@ def test_forward_split_cuts_filters_only_for_small_batches_and_big_enough_work()
 @pytest.mark.parametrize("threads", THREADS)
 def test_compiled_kernels_follow_the_policy(threads):
     """dense's GEMM split, relu's and pooling's loops are threads_for with the
-    kernel's own minimum work (relu and pool keep theirs as GRAIN)."""
+    kernel's own minimum work (the constants in cnn._threads)."""
     dense = pytest.importorskip("cnn._dense")
     relu = pytest.importorskip("cnn._relu")
     pool = pytest.importorskip("cnn._pool")
     for n, d, m in [(1, 128, 10), (1, 3136, 128), (64, 3136, 128), (256, 1024, 1024)]:
         assert dense._gemm_threads(threads, n, d, m) == \
             threads_for(threads, n * d * m, GEMM_WORK_PER_THREAD), (n, d, m)
-    for size in (0, 1000, relu.GRAIN, 3 * relu.GRAIN + 5, 100 * relu.GRAIN):
-        assert relu._loop_threads(threads, size) == threads_for(threads, size, relu.GRAIN)
+    grain = RELU_WORK_PER_THREAD
+    for size in (0, 1000, grain, 3 * grain + 5, 100 * grain):
+        assert relu._loop_threads(threads, size) == threads_for(threads, size, RELU_WORK_PER_THREAD)
     for planes, size in [(1, 10**6), (3, 10**6), (64, 1000), (64, 10**6), (640, 10**7)]:
         assert pool._loop_threads(threads, planes, size) == \
-            min(threads_for(threads, size, pool.GRAIN), planes), (planes, size)
+            min(threads_for(threads, size, POOL_WORK_PER_THREAD), planes), (planes, size)

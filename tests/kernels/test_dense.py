@@ -101,7 +101,7 @@ def test_thread_counts_agree(dtype, shape):
 def test_gemv_branches(N, D, M, threads, dtype):
     """Products with one row or one column of output go to GEMV (pyx/gemm.pxi), each
     way round; a thread's one-column block reads its column with a stride."""
-    from cnn._blas_threads import GEMM_WORK_PER_THREAD
+    from cnn._threads import GEMM_WORK_PER_THREAD
     assert threads == 1 or N * D * M >= threads * GEMM_WORK_PER_THREAD
     rng = np.random.default_rng(N + D + M)
     x, w, b = make_dense(rng, N, D, M, dtype)
