@@ -244,8 +244,8 @@ def _check_output(path):
 
 
 def main(argv=None):
-    from cnn.backends import fallback_note
-    from cnn.io import ModelFileError, atomic_write, load_model
+    from cnn._cli import open_model
+    from cnn.io import atomic_write
     args = build_parser().parse_args(argv)
     problem = _check_output(args.output)
     if problem:
@@ -254,13 +254,9 @@ def main(argv=None):
         onnx = _onnx()
     except ImportError as exc:
         return fail(str(exc), 1)
-    note = fallback_note()
-    if note:
-        print(f"{PROG}: {note}", file=sys.stderr)
-    try:
-        model = load_model(args.model)
-    except ModelFileError as exc:
-        return fail(f"MODEL: {exc}")
+    model, code = open_model(PROG, args.model)
+    if model is None:
+        return code
     try:
         data = to_onnx(model).SerializeToString()
     except (ExportError, onnx.checker.ValidationError) as exc:
