@@ -23,6 +23,13 @@ contradicts them is an error; --epochs may change the run's length (the message
 says how the learning-rate schedule changes). A resumed run computes the same
 weights bit for bit as one that was never stopped (same --threads and backend).
 
+``mpiexec -n N python -m cnn.train ...`` (or srun) trains one model on N ranks
+(cnn.distributed; detected from the launcher, or --distributed): --batch-size
+stays the global batch, each rank computes its slice of it, and the weights are
+the one process's up to float32 rounding. Rank 0 alone prints and writes; a
+checkpoint resumes with any number of ranks; a rank that fails ends the job
+(MPI_Abort), and one that dies or hangs ends it after --mpi-timeout seconds.
+
 The output is checked before training (a folder, no write permission, too little
 free space: exit 2); an I/O error while writing ends with one line and exit
 status 74, the earlier files intact. The service serves only *.npz files, so
