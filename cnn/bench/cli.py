@@ -47,6 +47,7 @@ import os
 import subprocess
 import sys
 
+from cnn._cli import non_negative_int
 from cnn._threads import resolve_threads
 from cnn.bench.kernels import run_kernels
 from cnn.bench.targets import ROW_GROUPS, run_all
@@ -64,16 +65,6 @@ def _skip_list(text):
     return names
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m cnn.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +77,7 @@ def build_parser():
                    help="few repeats, no accuracy or HTTP rows (a smoke test)")
     a.add_argument("--skip", type=_skip_list, default=[], metavar="ROWS",
                    help=f"comma-separated row groups to leave out: {','.join(ROW_GROUPS)}")
-    a.add_argument("--accuracy-epochs", type=_non_negative_int, default=1, metavar="N",
+    a.add_argument("--accuracy-epochs", type=non_negative_int, default=1, metavar="N",
                    help="epochs of the accuracy comparison (default 1; 0 skips it)")
     a.add_argument("--data-dir", default=None,
                    help="Fashion-MNIST IDX folder (default: CNN_DATA_DIR, else "

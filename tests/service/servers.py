@@ -5,12 +5,13 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cnn.bench.server import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30     # seconds for gunicorn + its workers to load the model
@@ -81,10 +82,4 @@ def gunicorn(models_dir, logs, **env_extra):
             time.sleep(0.2)
         yield info
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop(proc, STOP_TIMEOUT)
