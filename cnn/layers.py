@@ -14,6 +14,7 @@ import numbers
 
 import numpy as np
 
+from cnn import winograd
 from cnn._checks import pair
 
 
@@ -209,9 +210,16 @@ class ConvReLUMaxPool:
     def __init__(self, conv, relu, pool):
         self.layers = (conv, relu, pool)
         self.cache = None
+        self.winograd_filters = winograd.PreparedFilters()
 
     def forward(self, x, training=False, need_cache=True):
         conv, _, pool = self.layers
+        if not need_cache and winograd.fits(conv, pool, np.shape(x), conv.ops):
+            # inference: Winograd F(2x2, 3x3) with the pooling as its epilogue
+            self.cache = None
+            return conv.ops.winograd_conv2d_forward(
+                x, self.winograd_filters.get(conv.params["w"], conv.ops), conv.params["b"],
+                conv.pad[0], m=2, pool=True, threads=conv.threads)
         out, self.cache = conv.ops.conv2d_relu_maxpool2d_forward(
             x, conv.params["w"], conv.params["b"], conv.stride, conv.pad, pool.kernel,
             pool.stride, threads=conv.threads, need_cache=need_cache)

@@ -26,12 +26,14 @@ that its V and M stay in the thread's L2 cache from one stage to the next
 (``tiles_per_block``); each GEMM runs single-threaded, as in conv.pyx, and the
 blocks write disjoint outputs.
 
-Status: exact to the tolerances of tests/kernels/test_winograd.py, but no
-layer uses it yet. On the Xeon of session 6 (AVX-512, 2 cores, busy), convnet's
-second layer (64 x 32 x 14 x 14 -> 64 filters) took 10.8 ms with F(2, 3) and
-18 ms with F(4, 3) against 9.6 ms for im2col + GEMM on one thread: the GEMMs
-are a third of the time, the transforms the rest (perf). The transforms need to
-cost no more than the GEMMs before a layer should choose this path.
+Used by: the inference pass of fused Conv2D -> ReLU -> MaxPool2D steps with
+``pool=True`` (m = 2; the rule and its measurements: cnn/winograd.py). Without
+pooling as the epilogue the m x m outputs of a tile are interleaved into the
+output rows, which on 14-pixel rows costs what the saved multiplies gain
+(quiet Xeon @ 2.80GHz, 1 thread, convnet's conv2 alone: im2col 7.5 ms, F(2, 3)
+7.9, F(4, 3) 11.4); with it, F(2, 3) wins from 32 channels up. F(4, 3) needs
+cheaper transforms (its output transform is the larger) before any layer
+should take it.
 """
 import numpy as np
 
@@ -106,6 +108,9 @@ cdef struct WinogradGeometry:
     Py_ssize_t tH, tW, Hp, Wp
     # T tiles per block, nblocks blocks
     Py_ssize_t T, nblocks
+    # pool: the output is maxpool 2x2/2 of the ReLU'd convolution, (N, F, Hq, Wq)
+    bint pool
+    Py_ssize_t Hq, Wq
 
 
 cdef inline int group_at(Py_ssize_t tile, Py_ssize_t left, WinogradGeometry* g,
@@ -220,6 +225,32 @@ cdef void transform_block(const floating* xp, floating* V, Py_ssize_t first,
         t0 += ng
 
 
+cdef void pooled_store(const floating* y, Py_ssize_t T, floating* out, Py_ssize_t f,
+                       Py_ssize_t first, Py_ssize_t count, floating bias,
+                       WinogradGeometry* g) noexcept nogil:
+    """The pooled epilogue (m = 2: a tile is one 2x2 pooling window): out[n, f,
+    ti, tj] = max(relu(y + bias)) over the tile's four outputs, for the tiles of
+    the block that lie inside the pooled output (Hq x Wq; an odd last conv row or
+    column is dropped, as maxpool2d drops it). One value per tile, so a run of
+    tiles along a row is a contiguous run of the output."""
+    cdef Py_ssize_t t0 = 0, t, n, ti, tj, run, inside
+    cdef floating value
+    cdef floating zero = 0
+    cdef floating* row
+    while t0 < count:
+        n = (first + t0) // (g.tH * g.tW)
+        ti = (first + t0) // g.tW % g.tH
+        tj = (first + t0) % g.tW
+        run = min(count - t0, g.tW - tj)
+        if ti < g.Hq:
+            inside = min(run, g.Wq - tj)
+            row = out + ((n * g.F + f) * g.Hq + ti) * g.Wq + tj
+            for t in range(t0, t0 + inside):
+                value = max(max(y[t], y[T + t]), max(y[2 * T + t], y[3 * T + t])) + bias
+                row[t - t0] = max(value, zero)
+        t0 += run
+
+
 cdef void output_block(const floating* M, const floating* b, floating* out,
                        floating* work, Py_ssize_t first, Py_ssize_t count, bint relu,
                        WinogradGeometry* g) noexcept nogil:
@@ -264,6 +295,9 @@ cdef void output_block(const floating* M, const floating* b, floating* out,
         for i in range(m):                # rows: y (m, m) = tmp A
             output_1d(&tmp[i * a * T], T, &y[i * m * T], T, g.m, <int>count)
         bias = b[f]
+        if g.pool:
+            pooled_store(y, T, out, f, first, count, bias, g)
+            continue
         for r in range(runs):
             t0 = first_tile[r]
             full = run_tiles[r] if last_cols[r] == m else run_tiles[r] - 1
@@ -327,12 +361,17 @@ def tiles_per_block(C, F, m, itemsize, total_tiles, threads):
     return max(1, min(T, -(-total_tiles // threads)))
 
 
-def winograd_conv2d_forward(x, U, b, pad=1, *, m=2, relu=False, threads=None):
+def winograd_conv2d_forward(x, U, b, pad=1, *, m=2, relu=False, pool=False, threads=None):
     """3x3 stride-1 convolution through Winograd F(m x m, 3 x 3).
 
     x (N, C, H, W); U (alpha^2, F, C) from ``winograd_filters(w, m)``; b (F,);
     pad 0, 1 or 2 (both axes); relu: apply ReLU to the output (an epilogue, not
     a second pass). Returns out (N, F, H + 2*pad - 2, W + 2*pad - 2).
+
+    pool=True (m = 2 only): maxpool 2x2/2 of the ReLU'd output instead, (N, F,
+    Ho // 2, Wo // 2), the inference pass of a Conv -> ReLU -> MaxPool2D(2)
+    block: each tile is one pooling window, so the epilogue writes one value
+    per tile.
     """
     x = as_float_array(x, "x", 4)
     U = as_float_array(U, "U", 3, x.dtype)
@@ -357,10 +396,15 @@ def winograd_conv2d_forward(x, U, b, pad=1, *, m=2, relu=False, threads=None):
     g.Ho, g.Wo = H + 2 * pad - 2, W + 2 * pad - 2
     g.tH, g.tW = -(-g.Ho // m), -(-g.Wo // m)
     g.Hp, g.Wp = g.tH * m + 2, g.tW * m + 2
+    g.pool = bool(pool)
+    g.Hq, g.Wq = g.Ho // 2, g.Wo // 2
+    if g.pool and (m != 2 or g.Hq == 0 or g.Wq == 0):
+        raise ValueError(f"pool=True needs m=2 and a convolution output of at least 2x2, "
+                         f"got m={m} and {g.Ho}x{g.Wo}")
     total = N * g.tH * g.tW
     xp = np.zeros((N, C, g.Hp, g.Wp), dtype=x.dtype)
     xp[:, :, pad:pad + H, pad:pad + W] = x
-    out = np.empty((N, F, g.Ho, g.Wo), dtype=x.dtype)
+    out = np.empty((N, F, g.Hq, g.Wq) if g.pool else (N, F, g.Ho, g.Wo), dtype=x.dtype)
     # At least a GEMM's worth of multiplies per thread, at most a block each.
     loop_threads = threads_for(threads, A2 * F * C * total // 4, 1 << 20)
     g.T = tiles_per_block(C, F, m, x.itemsize, total, loop_threads)

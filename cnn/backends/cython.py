@@ -18,6 +18,7 @@ try:
     )
     from cnn._relu import relu_backward, relu_forward
     from cnn._softmax import softmax_cross_entropy
+    from cnn._winograd import winograd_conv2d_forward, winograd_filters
 except ImportError as exc:  # not built, or built for another Python
     raise BackendUnavailable(
         "the cython backend is not built: run `pip install -e .` in the project "

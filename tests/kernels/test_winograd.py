@@ -18,6 +18,7 @@ from cnn._winograd import (
     winograd_filters,
 )
 from cnn.reference.conv import conv2d_backward, conv2d_forward
+from cnn.reference.pool import maxpool2d_forward
 from cnn.reference.winograd import (
     filter_transform,
     winograd_conv2d,
@@ -103,6 +104,31 @@ def test_relu_epilogue(m):
                           np.maximum(plain, 0))
 
 
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 5), H=st.integers(2, 12), W=st.integers(2, 12),
+       F=st.integers(1, 4), pad=st.integers(0, 2), dtype=st.sampled_from([np.float32, np.float64]),
+       threads=st.sampled_from([1, 2, 4]), seed=st.integers(0, 2**16))
+def test_pooled_epilogue(N, C, H, W, F, pad, dtype, threads, seed):
+    """pool=True: maxpool 2x2/2 of relu(conv), odd last rows and columns dropped."""
+    if H + 2 * pad < 4 or W + 2 * pad < 4:
+        return
+    x, w, b = inputs(seed, N, C, H, W, F, dtype)
+    want = maxpool2d_forward(np.maximum(direct(x, w, b, pad)[0], 0), 2)[0]
+    got = winograd_conv2d_forward(x, winograd_filters(w, 2), b, pad, m=2, pool=True,
+                                  threads=threads)
+    assert got.shape == want.shape and got.dtype == dtype
+    assert relative_error(got, want) < TOLERANCE[dtype, 2]
+
+
+def test_pooled_epilogue_writes_every_output(nan_outputs):
+    x, w, b = inputs(8, 64, 32, 14, 14, 64, np.float32)
+    want = maxpool2d_forward(np.maximum(direct(x, w, b, 1)[0], 0), 2)[0]
+    for threads in (1, 2, 4):
+        got = winograd_conv2d_forward(x, winograd_filters(w, 2), b, 1, pool=True,
+                                      threads=threads)
+        assert relative_error(got, want) < TOLERANCE[np.float32, 2]
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_filter_transform_matches_the_twin(m):
     _, w, _ = inputs(4, 1, 6, 3, 3, 5, np.float32)
@@ -151,3 +177,7 @@ def test_bad_arguments_name_the_problem():
         winograd_conv2d_forward(x[0], U, b, 1)
     with pytest.raises(ValueError, match="filters"):
         winograd_conv2d_input_grad(np.zeros((1, 2, 6, 6), np.float32), w, 1)
+    with pytest.raises(ValueError, match="pool=True needs m=2"):
+        winograd_conv2d_forward(x, winograd_filters(w, 4), b, 1, m=4, pool=True)
+    with pytest.raises(ValueError, match="pool=True needs m=2"):
+        winograd_conv2d_forward(x[:, :, :3, :3], U, b, 0, pool=True)
