@@ -16,6 +16,7 @@ from cnn.bench import cli, peers, report, targets, train_epoch, workloads
 
 ALL_LABELS = [
     "convnet train epoch (s)", "lenet5 train epoch (s)", "convnet accuracy, 1 epoch",
+    "time to 93% test acc (min)",
     "convnet infer b64 (img/s)", "lenet5 infer b64 (img/s)", "convnet infer b1 (ms)",
     "lenet5 infer b1 (ms)", "conv fwd+bwd 2 vs 1 thread", "convnet step 2 vs 1 thread",
     "HTTP b64 / in-process", "peak RSS convnet training (MiB)",
@@ -86,12 +87,20 @@ def test_quick_run_prints_one_table_and_the_install_hints(no_comparisons, capsys
     table = {line[:report.LABEL_WIDTH].strip(): line for line in text.splitlines()}
     assert "skipped" in table["peak RSS convnet training (MiB)"]
     assert "skipped" in table["convnet accuracy, 1 epoch"]
+    assert "skipped (--quick)" in table["time to 93% test acc (min)"]
     assert " n/a " in table["convnet infer b64 (img/s)"]
+    assert "ORT goal n/a (onnxruntime not installed and onnx not installed)" in \
+        table["convnet infer b64 (img/s)"]
+    assert "kernels: baseline" in text.splitlines()[0]
+    assert "% peak = the row's GFLOP/s over" in text
     payload = json.loads(out.read_text())
     assert payload["versions"]["torch"] is None
     rows = {r["label"]: r for r in payload["rows"]}
     assert set(rows) == set(ALL_LABELS)
     assert rows["convnet infer b64 (img/s)"]["figures"]["cnn"] > 0
+    assert rows["convnet infer b64 (img/s)"]["figures"]["gflops"] > 0
+    assert rows["convnet infer b64 (img/s)"]["met_ort"] == "n/a"
+    assert payload["peak_gflops"] > 0 and payload["kernels"]["variant"] == "baseline"
     assert rows["convnet train epoch (s)"]["figures"]["torch"] is None
 
 

@@ -5,6 +5,8 @@ One module per idea, so that a reader finds a figure's code by its name:
     cli          the command line of ``python -m cnn.bench`` (its --help is the guide)
     targets      one function per row of the one table, and run_all that prints it
     report       the table: rows, columns, formatting, machine line, footnotes
+    machine      the CPU's features, the kernels' build, the SGEMM peak
+    flops        FLOPs per image of a model, from its layer shapes
     timing       medians of repeated calls, epoch times, interleaved rounds
     workloads    what cnn runs: a training step, the ``cnn.train`` recipe
     peers        PyTorch and ONNX Runtime, always in child processes

@@ -3,22 +3,27 @@
 ``python -m cnn.bench`` (or ``python -m cnn.bench all``): every speed target of
 the project measured in one run, printed as ONE table: our figure, PyTorch's
 (NCHW and channels_last) and ONNX Runtime's when they are importable, the
-ratios, the goal and whether it is met:
+ratios, the goal and whether it is met, and "% peak": the row's GFLOP/s over a
+BLAS SGEMM measured at the start (a practical peak). The line above the table
+names the CPU and the kernels' build that ran:
 
     convnet/lenet5 train epoch (s)   60,000 images, batch 64, float32: faster than
                                      PyTorch's best (convnet), at most 0.8x its time (lenet5)
     convnet accuracy, N epochs       the `python -m cnn.train` recipe in cnn and in PyTorch
                                      on Fashion-MNIST: test accuracy within 0.5 points
-    convnet/lenet5 infer b64 (img/s) at least 3x (convnet) / 2x (lenet5) PyTorch's images/s
-    convnet/lenet5 infer b1 (ms)     batch-1 latency below PyTorch's
+    time to 93% test acc (min)       README's recipe for 93% (`python -m cnn.train`):
+                                     at most 5 minutes of training
+    convnet/lenet5 infer b64 (img/s) at least 3x (convnet) / 2x (lenet5) PyTorch's images/s,
+                                     and 1.0x (convnet) / 0.8x (lenet5) ONNX Runtime's
+    convnet/lenet5 infer b1 (ms)     batch-1 latency below PyTorch's, at most 1.5x ORT's
     conv fwd+bwd / convnet step      2 threads at least 1.7x the speed of 1 thread
     HTTP b64 / in-process            /predict with 64 images under 2 gunicorn workers at
                                      least 70% of in-process images/s (python -m cnn.bench.serve)
     peak RSS convnet training (MiB)  a full-data `python -m cnn.train` epoch under 1 GiB
 
 Options: ``--threads N`` (default: CNN_NUM_THREADS or all cores), ``--quick``
-(few repeats; skips accuracy and HTTP: a smoke test), ``--skip
-train,accuracy,infer,latency,scaling,http,memory``, ``--accuracy-epochs N``
+(few repeats; skips accuracy, time to accuracy and HTTP: a smoke test),
+``--skip train,accuracy,tta,infer,latency,scaling,http,memory``, ``--accuracy-epochs N``
 (default 1, 0 skips), ``--data-dir DIR``, ``--json PATH`` (every figure as
 JSON). Each row is measured on its own: a failure prints ``error: ...`` in
 that row and the others still run. The comparison packages are never
@@ -74,7 +79,8 @@ def build_parser():
                    help="threads for cnn, PyTorch and ONNX Runtime (default: CNN_NUM_THREADS "
                         "or all cores)")
     a.add_argument("--quick", action="store_true",
-                   help="few repeats, no accuracy or HTTP rows (a smoke test)")
+                   help="few repeats, no accuracy, time-to-accuracy or HTTP rows (a smoke "
+                        "test)")
     a.add_argument("--skip", type=_skip_list, default=[], metavar="ROWS",
                    help=f"comma-separated row groups to leave out: {','.join(ROW_GROUPS)}")
     a.add_argument("--accuracy-epochs", type=non_negative_int, default=1, metavar="N",

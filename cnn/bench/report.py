@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnn.bench.machine import variant_line
 from cnn.bench.workloads import EPOCH_IMAGES
 
 INSTALL_HINT = "pip install torch==2.13.0 onnxruntime onnx"
@@ -71,12 +72,14 @@ def cpu_model():
 
 
 def machine_line(threads):
+    """The line above the table: the CPU, the threads, the environment that
+    changes the figures, and the kernels' build that ran (cnn.bench.machine)."""
     model = cpu_model()
     coretype = os.environ.get("OPENBLAS_CORETYPE", "unset (OpenBLAS detects)")
     return (f"machine: {model}, {os.cpu_count()} cores; threads={threads}; "
             f"OPENBLAS_CORETYPE={coretype}; OMP_WAIT_POLICY="
             f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; numpy {np.__version__}; "
-            f"python {platform.python_version()}")
+            f"python {platform.python_version()}; {variant_line()}")
 
 
 def load_average():
@@ -88,8 +91,9 @@ def load_average():
 
 # ------------------------------------------------------------------- rows
 
-COLUMNS = (("cnn", 10), ("torch", 10), ("torch-cl", 10), ("onnxrt", 10), ("ours/best", 10),
-           ("ours/NCHW", 10), ("ours/ORT", 9), ("goal", 11), ("met NCHW/best", 14))
+COLUMNS = (("cnn", 10), ("% peak", 6), ("torch", 10), ("torch-cl", 10), ("onnxrt", 10),
+           ("ours/best", 10), ("ours/NCHW", 10), ("ours/ORT", 9), ("goal", 20),
+           ("met NCHW/best", 14), ("met ORT", 7))
 LABEL_WIDTH = 34
 COMPARED = ("torch", "torch-cl", "onnxrt")
 
@@ -108,7 +112,8 @@ class Row:
     def as_dict(self):
         return {"group": self.group, "label": self.label, "figures": self.figures,
                 "goal": self.cells.get("goal"), "met": self.cells.get("met NCHW/best"),
-                "notes": self.notes, "text": self.text or None}
+                "met_ort": self.cells.get("met ORT"), "notes": self.notes,
+                "text": self.text or None}
 
 
 def error_text(exc):
@@ -133,6 +138,8 @@ def format_figure(value, unit):
         return f"{value:.2f}x" if abs(value) >= 0.1 else f"{value:.2g}x"
     if unit == "MiB":
         return f"{value:.0f}"
+    if unit == "min":
+        return f"{value:.1f}"
     return f"{value:g}"
 
 
@@ -154,12 +161,16 @@ def _goal_text(goal):
     return f"{op}{bound:g}x"
 
 
-def compare_row(group, label, unit, ours, theirs, goal, higher_is_better):
+def compare_row(group, label, unit, ours, theirs, goal, higher_is_better, ort_goal=None,
+                ort_missing="onnxruntime not installed"):
     """A row comparing ``ours`` with the figures in ``theirs`` (column -> float, or
     None when the package is missing, or an ``error: ...`` string). Ratios are
     ours / theirs in the row's unit; the goal is on the ratio to PyTorch's best
     of NCHW and channels_last, and the row also says whether it holds against
-    NCHW alone."""
+    NCHW alone. ``ort_goal``, when given, is a second goal on the ratio to ONNX
+    Runtime's figure of the same run (issue 13), judged in the "met ORT"
+    column; ``ort_missing`` says why it cannot be judged when ONNX Runtime's
+    figure is None."""
     row = Row(group, label)
     row.figures = {"unit": unit, "cnn": ours}
     row.cells["cnn"] = format_figure(ours, unit)
@@ -196,6 +207,32 @@ def compare_row(group, label, unit, ours, theirs, goal, higher_is_better):
     row.figures.update(torch_best=best, ratio_vs_best=ratio["best"],
                        ratio_vs_nchw=ratio["NCHW"], ratio_vs_onnxrt=ratio["ORT"],
                        goal=_goal_text(goal), met_vs_best=met_best, met_vs_nchw=met_nchw)
+    if ort_goal is not None:
+        met_ort = _meets(ratio["ORT"], ort_goal)
+        row.cells["goal"] = f"torch{_goal_text(goal)}; ort{_goal_text(ort_goal)}"
+        row.cells["met ORT"] = yes(met_ort)
+        status = None
+        if theirs.get("onnxrt") is None:
+            status = f"n/a ({ort_missing})"
+            row.cells["met ORT"] = "n/a"
+            row.notes.append(f"ORT goal {status}")
+        row.figures.update(goal_onnxrt=_goal_text(ort_goal), met_vs_onnxrt=met_ort,
+                           goal_onnxrt_status=status)
+    return row
+
+
+def add_peak(row, gflops, peak, onnxrt_gflops=None):
+    """Put a row's achieved GFLOP/s and its share of the machine's peak (both
+    None when unknown) in its "% peak" cell and its figures."""
+    from cnn.bench.machine import percent_of_peak
+    row.cells["% peak"] = percent_of_peak(gflops, peak)
+    row.figures.update(gflops=gflops, percent_of_peak=100 * gflops / peak
+                       if gflops and peak else None)
+    if onnxrt_gflops:
+        row.figures.update(onnxrt_gflops=onnxrt_gflops, onnxrt_percent_of_peak=100 *
+                           onnxrt_gflops / peak if peak else None)
+        if peak:
+            row.notes.append(f"ORT {percent_of_peak(onnxrt_gflops, peak)} of peak")
     return row
 
 
@@ -219,7 +256,10 @@ def format_table(rows):
 
 
 def footnotes(threads, steps, repeat, min_time, rounds, per_round, versions, rows, quick,
-              load=(None, None)):
+              load=(None, None), peak=None, tta=None):
+    """The lines below the table. ``peak``: the SGEMM GFLOP/s of the run (None
+    when not measured); ``tta``: the time-to-accuracy row's (recipe, goal
+    minutes, accuracy)."""
     exports = {r.figures.get("onnx_export") for r in rows if r.figures.get("onnx_export")}
     lines = []
     if load[0] is not None:
@@ -234,7 +274,14 @@ def footnotes(threads, steps, repeat, min_time, rounds, per_round, versions, row
         "caller's environment and the same thread count.",
         "  ratio columns = ours / theirs in the row's unit (seconds, img/s, ms): below 1 is "
         "better for times, above 1 for img/s; goals are on ours/best, where best = PyTorch's "
-        "better of NCHW and channels_last (torch-cl); met = vs NCHW / vs best.",
+        "better of NCHW and channels_last (torch-cl); met = vs NCHW / vs best. Inference "
+        "rows have a second goal, on ours/ORT (ONNX Runtime in the same run): met ORT.",
+        (f"  % peak = the row's GFLOP/s over {peak:.0f} GFLOP/s, a BLAS SGEMM (NumPy matmul, "
+         f"float32 1024^3, {threads} threads, median of 5, measured at the start): a practical "
+         "peak, not the FMA units' theoretical one. FLOPs from the layer shapes (2 per "
+         "multiply-add of conv and dense layers, direct algorithm); a train step counts "
+         "forward, weight and input gradients (~3x forward)." if peak else
+         "  % peak: not measured (the SGEMM peak measurement failed)."),
         f"  train epoch: median of {steps} SGD steps on random batches of 64 x "
         f"{(EPOCH_IMAGES + 63) // 64} steps; goal convnet faster than PyTorch, lenet5 at "
         f"most 0.8x its time.",
@@ -256,9 +303,18 @@ def footnotes(threads, steps, repeat, min_time, rounds, per_round, versions, row
         "  memory: peak RSS (os.wait4 ru_maxrss) of `python -m cnn.train --arch convnet "
         "--epochs 1` on all 60,000 training images.",
     ]
+    if tta:
+        recipe, goal_minutes, accuracy = tta
+        lines.append(
+            f"  time to accuracy: `python -m cnn.train {recipe}` on Fashion-MNIST, "
+            f"{threads} threads; minutes = the epochs' training time (history JSON) up to the "
+            f"first test accuracy >= {100 * accuracy:g}%. cnn.train measures test accuracy "
+            f"only after the last epoch, so the figure is the whole run's training time when "
+            f"it ends at or above {100 * accuracy:g}% (the note gives the first epoch whose "
+            f"validation accuracy did); goal <= {goal_minutes:g} min.")
     if quick:
-        lines.append("  --quick: few repeats, no accuracy or HTTP rows: a smoke test, not "
-                     "figures to quote.")
+        lines.append("  --quick: few repeats, no accuracy, time-to-accuracy or HTTP rows: a "
+                     "smoke test, not figures to quote.")
     lines.append("versions: " + ", ".join(f"{k} {v or 'not installed'}"
                                          for k, v in versions.items()))
     missing = [name for name in ("torch", "onnxruntime", "onnx") if versions[name] is None]

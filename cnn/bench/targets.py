@@ -1,11 +1,13 @@
 """``python -m cnn.bench [all]``: one function per row of the table, and
-``run_all``, which measures every row and prints the table.
+``run_all``, which measures the machine's SGEMM peak (cnn.bench.machine),
+then every row, and prints the table.
 
 Each row is measured on its own: a failure becomes ``error: ...`` in that row
 and the others still run. The goal of every row is a named constant next to
 its function. PyTorch and ONNX Runtime run in child processes
 (cnn.bench.peers); the HTTP row runs ``python -m cnn.bench.serve`` and the
-memory row ``python -m cnn.train``, each in a child process too.
+memory and time-to-accuracy rows ``python -m cnn.train``, each in a child
+process too.
 """
 import json
 import os
@@ -20,9 +22,12 @@ import numpy as np
 
 from cnn._threads import available_cores
 from cnn.backends import get_backend
+from cnn.bench.flops import arch_flops
+from cnn.bench.machine import cpu_features, kernel_variant, sgemm_gflops
 from cnn.bench.peers import child_call, child_env, last_line, torch_epoch_seconds
 from cnn.bench.report import (
     Row,
+    add_peak,
     compare_row,
     error_text,
     footnotes,
@@ -36,8 +41,9 @@ from cnn.bench.report import (
 from cnn.bench.timing import epoch_seconds, interleaved_ms, median_ms
 from cnn.bench.workloads import EPOCH_IMAGES, cnn_accuracy, train_step_cnn
 from cnn.io import atomic_write
+from cnn.run_files import sidecar
 
-ROW_GROUPS = ("train", "accuracy", "infer", "latency", "scaling", "http", "memory")
+ROW_GROUPS = ("train", "accuracy", "tta", "infer", "latency", "scaling", "http", "memory")
 
 
 def _log(message):
@@ -58,8 +64,9 @@ def _safe(fn):
 TRAIN_GOALS = {"convnet": ("<", 1.0), "lenet5": ("<=", 0.8)}
 
 
-def row_train(arch, threads, steps, have_torch, batch=64):
-    """Row: one epoch (60,000 images) as the median step time x the step count."""
+def row_train(arch, threads, steps, have_torch, batch=64, peak=None):
+    """Row: one epoch (60,000 images) as the median step time x the step count;
+    its GFLOP/s as a share of ``peak`` (the SGEMM GFLOP/s, None: unknown)."""
     steps_per_epoch = (EPOCH_IMAGES + batch - 1) // batch
     ours = epoch_seconds(train_step_cnn(arch, "cython", threads, batch), steps_per_epoch,
                          steps, False)
@@ -68,22 +75,29 @@ def row_train(arch, threads, steps, have_torch, batch=64):
         for col, cl in (("torch", False), ("torch-cl", True)):
             theirs[col] = _safe(lambda cl=cl: torch_epoch_seconds(arch, threads, batch, steps,
                                                                    False, cl))
-    return compare_row("train", f"{arch} train epoch (s)", "s", ours, theirs,
-                       TRAIN_GOALS[arch], higher_is_better=False)
+    row = compare_row("train", f"{arch} train epoch (s)", "s", ours, theirs,
+                      TRAIN_GOALS[arch], higher_is_better=False)
+    return add_peak(row, arch_flops(arch)[1] * EPOCH_IMAGES / ours / 1e9, peak)
 
 
 # -- inference
 
 
+# On the ratio to PyTorch's best layout (the earlier speed issue's goals) ...
 INFER_GOALS = {"convnet": (">=", 3.0), "lenet5": (">=", 2.0)}
 LATENCY_GOAL = ("<", 1.0)
+# ... and on the ratio to ONNX Runtime's figure of the same run (issue 13).
+INFER_ORT_GOALS = {"convnet": (">=", 1.0), "lenet5": (">=", 0.8)}
+LATENCY_ORT_GOALS = {"convnet": ("<=", 1.5), "lenet5": ("<=", 1.5)}
 
 
 def rows_infer(arch, threads, repeat, min_time, have_torch, have_ort, batch=True,
-               latency=True):
+               latency=True, peak=None, ort_missing="onnxruntime not installed"):
     """Rows: images/s at batch 64 and batch-1 latency of ``arch``: ours
     (model.forward(training=False, need_cache=False), Cython backend) here, PyTorch's and ONNX
-    Runtime's in one child process."""
+    Runtime's in one child process. Each row has a goal against PyTorch and one
+    against ONNX Runtime (``ort_missing``: why there is no ORT figure when
+    ``have_ort`` is false), and its GFLOP/s as a share of ``peak``."""
     from cnn.architectures import build_architecture
     batches = ([64] if batch else []) + ([1] if latency else [])
     model = build_architecture(arch).build(seed=0, backend="cython", threads=threads)
@@ -109,14 +123,21 @@ def rows_infer(arch, threads, repeat, min_time, have_torch, have_ort, batch=True
                 theirs[b][col] = f"error: {figs['error']}" if "error" in figs else \
                     figs[str(b)]
     rows = []
-    if batch:
-        img_s = {c: 64e3 / v if isinstance(v, float) else v for c, v in theirs[64].items()}
-        row = compare_row("infer", f"{arch} infer b64 (img/s)", "img/s", 64e3 / ours[64],
-                          img_s, INFER_GOALS[arch], higher_is_better=True)
-        rows.append(row)
-    if latency:
-        rows.append(compare_row("latency", f"{arch} infer b1 (ms)", "ms", ours[1], theirs[1],
-                                LATENCY_GOAL, higher_is_better=False))
+    flops = arch_flops(arch)[0]
+
+    def gflops(b, ms):
+        return b * flops / ms / 1e6 if isinstance(ms, float) else None
+    for b in batches:
+        if b == 64:
+            img_s = {c: 64e3 / v if isinstance(v, float) else v for c, v in theirs[64].items()}
+            row = compare_row("infer", f"{arch} infer b64 (img/s)", "img/s", 64e3 / ours[64],
+                              img_s, INFER_GOALS[arch], higher_is_better=True,
+                              ort_goal=INFER_ORT_GOALS[arch], ort_missing=ort_missing)
+        else:
+            row = compare_row("latency", f"{arch} infer b1 (ms)", "ms", ours[1], theirs[1],
+                              LATENCY_GOAL, higher_is_better=False,
+                              ort_goal=LATENCY_ORT_GOALS[arch], ort_missing=ort_missing)
+        rows.append(add_peak(row, gflops(b, ours[b]), peak, gflops(b, theirs[b]["onnxrt"])))
     for row in rows:
         row.figures["onnx_export"] = export
     return rows
@@ -214,13 +235,16 @@ def row_accuracy(epochs, threads, data_dir, have_torch, ours=None):
 MEMORY_LIMIT_MIB = 1024
 
 
-def run_train_child(threads, out_path, data_dir=None, epochs=1, timeout=1800):
-    """``python -m cnn.train --arch convnet`` on all of the data in a child
-    process: {"peak_rss_mib", "test_acc", "seconds", "returncode", "output"}.
-    The peak resident memory is the child's own (os.wait4), so children this
-    process ran before (PyTorch) do not count."""
+def run_train_child(threads, out_path, data_dir=None, epochs=1, timeout=1800, recipe=None):
+    """``python -m cnn.train --arch convnet`` (or the flags of ``recipe``) on all
+    of the data in a child process: {"peak_rss_mib", "test_acc", "seconds",
+    "returncode", "timed_out", "output"}. The peak resident memory is the
+    child's own (os.wait4), so children this process ran before (PyTorch) do
+    not count."""
+    import shlex
     import threading
-    cmd = [sys.executable, "-m", "cnn.train", "--arch", "convnet", "--epochs", str(epochs),
+    flags = shlex.split(recipe) if recipe else ["--arch", "convnet", "--epochs", str(epochs)]
+    cmd = [sys.executable, "-m", "cnn.train", *flags,
            "--out", str(out_path), "--progress", "lines", "--backend", "cython",
            "--threads", str(threads)]
     if data_dir:
@@ -228,7 +252,12 @@ def run_train_child(threads, out_path, data_dir=None, epochs=1, timeout=1800):
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=os.path.dirname(os.path.abspath(out_path)))
-    timer = threading.Timer(timeout, proc.kill)
+    timed_out = threading.Event()
+
+    def kill():
+        timed_out.set()
+        proc.kill()
+    timer = threading.Timer(timeout, kill)
     timer.start()
     try:
         output = proc.stdout.read()
@@ -247,7 +276,7 @@ def run_train_child(threads, out_path, data_dir=None, epochs=1, timeout=1800):
     return {"peak_rss_mib": peak_kib / 1024, "returncode": proc.returncode,
             "test_acc": float(match[1]) if match else None,
             "seconds": time.perf_counter() - start, "command": " ".join(cmd),
-            "output": output}
+            "timed_out": timed_out.is_set(), "output": output}
 
 
 def row_memory(run):
@@ -265,6 +294,78 @@ def row_memory(run):
                      + (f", test acc {100 * run['test_acc']:.2f}%" if run["test_acc"] else ""))
     row.figures = {"unit": "MiB", "cnn": mib, "goal": f"<{MEMORY_LIMIT_MIB}", "met": ok,
                    "test_acc": run["test_acc"], "seconds": run["seconds"]}
+    return row
+
+
+# -- time to accuracy
+
+
+# README's recipe for 93% (its Training section); replace it with a faster one
+# once one is measured to reach 93%.
+TTA_RECIPE = ("--arch convnet_deep --augment flip --epochs 12 --optimizer adamw --lr 0.002 "
+              "--weight-decay 0.05")
+TTA_ACCURACY = 0.93
+TTA_GOAL_MINUTES = 5.0
+TTA_TIMEOUT_MINUTES = 25    # the recipe took 17 minutes on 2 cores
+TTA_LABEL = f"time to {100 * TTA_ACCURACY:g}% test acc (min)"
+EPOCH_LINE = re.compile(r"Epoch (\d+)/\d+ - ([0-9.]+)s .*?val_acc: ([0-9.]+)")
+
+
+def time_to_accuracy(history_json, accuracy=TTA_ACCURACY):
+    """What a finished ``cnn.train`` run's history JSON (cnn.history) says about
+    reaching ``accuracy``: {"test_acc", "epochs", "train_minutes",
+    "reached", "minutes", "val_epoch", "val_minutes"}.
+
+    The history has validation accuracy per epoch but test accuracy only in the
+    final summary, so the test accuracy is known to have reached ``accuracy``
+    after the whole run's training time ("minutes", None when it did not);
+    "val_epoch"/"val_minutes" are where the validation accuracy first did.
+    """
+    record = json.loads(Path(history_json).read_text())
+    history, summary = record["history"], record["summary"]
+    test_acc = summary["test_accuracy"]
+    elapsed, val_epoch, val_minutes = 0.0, None, None
+    for h in history:
+        elapsed += h["time"]
+        if val_epoch is None and h.get("val_acc") is not None and h["val_acc"] >= accuracy:
+            val_epoch, val_minutes = h["epoch"], elapsed / 60
+    reached = test_acc is not None and test_acc >= accuracy
+    return {"test_acc": test_acc, "epochs": len(history), "train_minutes": elapsed / 60,
+            "reached": reached, "minutes": elapsed / 60 if reached else None,
+            "val_epoch": val_epoch, "val_minutes": val_minutes}
+
+
+def row_tta(run, history_json, recipe=TTA_RECIPE):
+    """Row: minutes of training until the test accuracy reached TTA_ACCURACY,
+    from ``run`` (run_train_child with ``recipe``) and its history JSON."""
+    row = Row("tta", TTA_LABEL)
+    goal = f"<={TTA_GOAL_MINUTES:g} min"
+    if run["timed_out"]:
+        epochs = EPOCH_LINE.findall(run["output"])
+        done = (f": {len(epochs)} epochs done, val acc {float(epochs[-1][2]):.4f}"
+                if epochs else "")
+        row.text = f"not reached: cnn.train stopped after {TTA_TIMEOUT_MINUTES} min{done}"
+        row.figures = {"unit": "min", "goal": goal, "met": False, "recipe": recipe,
+                       "timeout_minutes": TTA_TIMEOUT_MINUTES}
+        return row
+    if run["returncode"] != 0:
+        row.text = (f"error: cnn.train exited with code {run['returncode']}: "
+                    f"{last_line(run['output'])}")
+        return row
+    found = time_to_accuracy(history_json)
+    ok = found["reached"] and found["minutes"] <= TTA_GOAL_MINUTES
+    row.cells.update({
+        "cnn": format_figure(found["minutes"], "min") if found["reached"] else
+        ">" + format_figure(found["train_minutes"], "min"),
+        "goal": goal, "met NCHW/best": yes(ok)})
+    row.notes.append(f"test acc {found['test_acc']:.4f} after {found['epochs']} epochs "
+                     f"({found['train_minutes']:.1f} min training, {run['seconds'] / 60:.1f} "
+                     f"min in all)")
+    if found["val_epoch"] is not None:
+        row.notes.append(f"val acc >= {100 * TTA_ACCURACY:g}% first after epoch "
+                         f"{found['val_epoch']} ({found['val_minutes']:.1f} min)")
+    row.figures = dict(found, unit="min", cnn=found["minutes"], goal=goal, met=ok,
+                       recipe=recipe, seconds_in_all=run["seconds"])
     return row
 
 
@@ -351,6 +452,10 @@ def row_http(script=None, model=None, requests=200, seconds=20, timeout=900, fmt
     return row
 
 
+# The slow rows: --quick leaves them out.
+QUICK_SKIPS = {"accuracy", "tta", "http"}
+
+
 def run_all(threads, *, quick=False, skip=(), steps=None, repeat=None, accuracy_epochs=None,
             data_dir=None, json_path=None, serve=None, http_requests=None, http_seconds=None,
             http_format=None, out=None):
@@ -358,7 +463,7 @@ def run_all(threads, *, quick=False, skip=(), steps=None, repeat=None, accuracy_
     out = out or sys.stdout
     skip = set(skip)
     if quick:
-        skip |= {"accuracy", "http"}
+        skip |= QUICK_SKIPS
     steps = steps or (5 if quick else 40)
     repeat = repeat or (3 if quick else 30)
     min_time = 0.02 if quick else 1.0
@@ -370,17 +475,24 @@ def run_all(threads, *, quick=False, skip=(), steps=None, repeat=None, accuracy_
     versions = package_versions()
     have_torch = versions["torch"] is not None
     have_ort = versions["onnxruntime"] is not None and versions["onnx"] is not None
+    ort_missing = " and ".join(f"{name} not installed" for name in ("onnxruntime", "onnx")
+                               if versions[name] is None)
     print(machine_line(threads), file=out, flush=True)
     load_start = load_average()
     rows = {}
     started = time.perf_counter()
+    # Once, before the rows: the practical float32 peak their "% peak" is of.
+    try:
+        peak = sgemm_gflops(threads)
+    except Exception as exc:
+        _log(f"SGEMM peak not measured: {error_text(exc)}")
+        peak = None
 
     def measure(key, label, group, fn):
         """rows[key] = fn() (a Row or a list of rows), or a row saying why not."""
         if group in skip:
-            rows[key] = [Row(group, lab, text="skipped (--skip)" if not (quick and group in
-                                                                          ("accuracy", "http"))
-                             else "skipped (--quick)") for lab in label]
+            why = "--quick" if quick and group in QUICK_SKIPS else "--skip"
+            rows[key] = [Row(group, lab, text=f"skipped ({why})") for lab in label]
             return
         _log(f"{', '.join(label)} ... ({time.perf_counter() - started:.0f} s so far)")
         try:
@@ -391,7 +503,7 @@ def run_all(threads, *, quick=False, skip=(), steps=None, repeat=None, accuracy_
 
     for arch in ("convnet", "lenet5"):
         measure(f"train-{arch}", [f"{arch} train epoch (s)"], "train",
-                lambda arch=arch: row_train(arch, threads, steps, have_torch))
+                lambda arch=arch: row_train(arch, threads, steps, have_torch, peak=peak))
     for arch in ("convnet", "lenet5"):
         want_b64, want_b1 = "infer" not in skip, "latency" not in skip
         labels = [f"{arch} infer b64 (img/s)", f"{arch} infer b1 (ms)"]
@@ -399,7 +511,8 @@ def run_all(threads, *, quick=False, skip=(), steps=None, repeat=None, accuracy_
             measure(f"infer-{arch}", [lab for lab, w in zip(labels, (want_b64, want_b1)) if w],
                     "infer" if want_b64 else "latency",
                     lambda arch=arch, a=want_b64, b=want_b1: rows_infer(
-                        arch, threads, repeat, min_time, have_torch, have_ort, a, b))
+                        arch, threads, repeat, min_time, have_torch, have_ort, a, b, peak,
+                        ort_missing))
         for lab, w, group in zip(labels, (want_b64, want_b1), ("infer", "latency")):
             if not w:
                 rows.setdefault(f"skip-{lab}", [Row(group, lab, text="skipped (--skip)")])
@@ -425,12 +538,19 @@ def run_all(threads, *, quick=False, skip=(), steps=None, repeat=None, accuracy_
         label = f"convnet accuracy, {accuracy_epochs} epoch{'s' * (accuracy_epochs != 1)}"
         measure("accuracy", [label], "accuracy", accuracy)
 
+        def tta():
+            weights = Path(tmp) / "tta.npz"
+            run = run_train_child(threads, weights, data_dir, recipe=TTA_RECIPE,
+                                  timeout=60 * TTA_TIMEOUT_MINUTES)
+            return row_tta(run, sidecar(str(weights), ".history.json"))
+        measure("tta", [TTA_LABEL], "tta", tta)
+
         model = Path(tmp) / "m.npz"
         measure("http", ["HTTP b64 / in-process"], "http", lambda: row_http(
             serve, model if run.get("returncode") == 0 and model.is_file() else None,
             http_requests or 200, http_seconds or 20, fmt=http_format))
 
-    order = ["train-convnet", "train-lenet5", "accuracy"]
+    order = ["train-convnet", "train-lenet5", "accuracy", "tta"]
     table = [r for key in order for r in rows.get(key, [])]
     infer = [r for key in ("infer-convnet", "infer-lenet5") for r in rows.get(key, [])]
     infer += [r for key, rs in rows.items() if key.startswith("skip-") for r in rs]
@@ -444,11 +564,14 @@ def run_all(threads, *, quick=False, skip=(), steps=None, repeat=None, accuracy_
     print(format_table(table), file=out)
     print(file=out)
     for line in footnotes(threads, steps, repeat, min_time, rounds, per_round, versions,
-                          table, quick, load):
+                          table, quick, load, peak,
+                          (TTA_RECIPE, TTA_GOAL_MINUTES, TTA_ACCURACY)):
         print(line, file=out)
     out.flush()
     if json_path:
         payload = {"machine": machine_line(threads), "threads": threads, "versions": versions,
+                   "kernels": {"variant": kernel_variant(), "cpu_features": cpu_features()},
+                   "peak_gflops": peak, "peak_how": "BLAS SGEMM float32 1024^3 (NumPy matmul)",
                    "quick": quick, "steps": steps, "repeat": repeat,
                    "load_average_1min": {"start": load[0], "end": load[1]},
                    "rows": [r.as_dict() for r in table]}
