@@ -13,7 +13,16 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from cnn.backends import get_backend
-from cnn.layers import Conv2D, ConvReLUMaxPool, Layer, MaxPool2D, ReLU, layer_from_config
+from cnn.folding import ConvBatchNorm
+from cnn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    ConvReLUMaxPool,
+    Layer,
+    MaxPool2D,
+    ReLU,
+    layer_from_config,
+)
 
 # One entry of Sequential.parameters(): (key, param, grads, name).
 Parameter = tuple[str, np.ndarray, dict[str, np.ndarray], str]
@@ -93,9 +102,11 @@ class Sequential:
 
     def steps(self) -> list[Any]:
         """The layers as they run: every Conv2D -> ReLU -> MaxPool2D triple is one
-        fused step (ConvReLUMaxPool) when ``fuse`` is on, the rest one step each.
-        The fused op computes what the three do (its tests check that on every
-        backend) in one pass over memory instead of three."""
+        fused step (ConvReLUMaxPool) when ``fuse`` is on, and so is every Conv2D ->
+        BatchNorm2D with the ReLU and MaxPool2D that follow it (ConvBatchNorm: the
+        batch norm folded into the convolution at inference, cnn.folding); the rest
+        one step each. The fused ops compute what their layers do (their tests check
+        that on every backend) in one pass over memory instead of several."""
         key = (self.fuse, tuple(map(id, self.layers)))
         if self._steps is None or self._steps[0] != key:
             steps: list[Any] = []
@@ -106,6 +117,17 @@ class Sequential:
                         and type(layers[i + 2]) is MaxPool2D):
                     steps.append(ConvReLUMaxPool(*layers[i:i + 3]))
                     i += 3
+                elif (self.fuse and i + 1 < len(layers) and type(layers[i]) is Conv2D
+                        and type(layers[i + 1]) is BatchNorm2D):
+                    # with the ReLU and max pooling that follow, if they do
+                    n = 2
+                    for kind in (ReLU, MaxPool2D):
+                        if i + n < len(layers) and type(layers[i + n]) is kind:
+                            n += 1
+                        else:
+                            break
+                    steps.append(ConvBatchNorm(*layers[i:i + n]))
+                    i += n
                 else:
                     steps.append(layers[i])
                     i += 1
@@ -135,7 +157,7 @@ class Sequential:
         """Logits (N, K) for a normalised batch. need_cache=False (inference only,
         no backward to follow) lets fused steps skip keeping what backward needs."""
         for step in self.steps():
-            if type(step) is ConvReLUMaxPool:
+            if type(step) in (ConvReLUMaxPool, ConvBatchNorm):
                 x = step.forward(x, training, need_cache)
             else:
                 x = step.forward(x, training)

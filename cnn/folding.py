@@ -1,0 +1,87 @@
+"""Conv2D -> BatchNorm2D [-> ReLU [-> MaxPool2D]] as one step of a model, with the
+batch norm folded into the convolution at inference.
+
+At inference a batch norm is a per-channel affine map with fixed numbers,
+
+    y = gamma * (z - running_mean) / sqrt(running_var + eps) + beta,   z = w * x + b
+
+so with s = gamma / sqrt(running_var + eps) the pair is one convolution:
+
+    w' = w * s (per filter),   b' = (b - running_mean) * s + beta
+
+and the step runs as that convolution, fused with the ReLU and max pooling that
+follow (im2col, or Winograd where cnn.winograd says it pays): one pass over the
+activations instead of three or four. In training, and whenever a backward
+pass may follow (``need_cache``), the step runs its layers one by one, each
+keeping its cache, exactly as without the step.
+
+w' and b' are computed once (in float64, rounded once to the model's dtype)
+and kept with copies of the six arrays they came from, so weights and
+statistics changed in place (an optimizer's step, a training pass's running
+averages) are seen at the next call.
+"""
+import numpy as np
+
+from cnn import winograd
+
+
+class ConvBatchNorm:
+    """The layers (Conv2D, BatchNorm2D[, ReLU[, MaxPool2D]]) as one step."""
+
+    def __init__(self, *layers):
+        self.layers = layers
+        self._sources = None          # copies of w, b, gamma, beta, mean, var
+        self._folded = None           # (w', b')
+        self._winograd_filters = winograd.PreparedFilters()
+        self._caches_valid = False    # the layers' caches are this forward pass's
+
+    def folded(self):
+        """(w', b'): the convolution with the batch norm folded in."""
+        conv, bn = self.layers[:2]
+        sources = (conv.params["w"], conv.params["b"], bn.params["gamma"], bn.params["beta"],
+                   bn.buffers["running_mean"], bn.buffers["running_var"])
+        if self._sources is None or not all(
+                a.shape == b.shape and np.array_equal(a, b)
+                for a, b in zip(sources, self._sources)):
+            w, b, gamma, beta, mean, var = (a.astype(np.float64) for a in sources)
+            scale = gamma / np.sqrt(var + bn.eps)
+            dtype = conv.params["w"].dtype
+            self._folded = (np.ascontiguousarray(w * scale[:, None, None, None], dtype=dtype),
+                            np.ascontiguousarray((b - mean) * scale + beta, dtype=dtype))
+            self._sources = tuple(a.copy() for a in sources)
+        return self._folded
+
+    def forward(self, x, training=False, need_cache=True):
+        if training or need_cache:
+            for layer in self.layers:
+                x = layer.forward(x, training)
+            self._caches_valid = True
+            return x
+        self._caches_valid = False
+        conv = self.layers[0]
+        ops, threads = conv.ops, conv.threads
+        w, b = self.folded()
+        if len(self.layers) == 4:
+            pool = self.layers[3]
+            if winograd.fits(conv, pool, np.shape(x), ops):
+                return ops.winograd_conv2d_forward(x, self._winograd_filters.get(w, ops), b,
+                                                   conv.pad[0], m=2, pool=True,
+                                                   threads=threads)
+            out, _ = ops.conv2d_relu_maxpool2d_forward(x, w, b, conv.stride, conv.pad,
+                                                       pool.kernel, pool.stride,
+                                                       threads=threads, need_cache=False)
+            return out
+        out, _ = ops.conv2d_forward(x, w, b, stride=conv.stride, pad=conv.pad, threads=threads)
+        if len(self.layers) == 3:
+            out, _ = ops.relu_forward(out, threads=threads)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        if not self._caches_valid:
+            raise ValueError("no cache: the forward pass ran with need_cache=False (inference)")
+        for i in range(len(self.layers) - 1, -1, -1):
+            dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0)
+        return dout
+
+    def __repr__(self):
+        return " -> ".join(repr(layer) for layer in self.layers)
