@@ -67,7 +67,7 @@ def test_training_runs_the_layers_unchanged():
         out = model.forward(x, training=True)
         model.backward(np.ones_like(out))
     np.testing.assert_array_equal(fused.forward(x, training=True), plain.forward(x, training=True))
-    for (_, p1, g1, n1), (_, p2, g2, n2) in zip(fused.parameters(), plain.parameters()):
+    for (_, _, g1, n1), (_, _, g2, n2) in zip(fused.parameters(), plain.parameters()):
         np.testing.assert_array_equal(g1[n1], g2[n2])
 
 
