@@ -56,7 +56,7 @@ from cnn.layers import (
     MaxPool2D,
     ReLU,
 )
-from cnn.model import Sequential
+from cnn.model import Sequential, check_state_shapes
 
 FORMAT = "cnn-weights"
 VERSION = 1
@@ -441,15 +441,7 @@ def _check_declared(path, declared, stored, max_bytes):
         raise ModelFileError(path, f"its architecture declares {count:,} parameters "
                                    f"({_size(count * dtype.itemsize)} as {dtype}), more than "
                                    f"the {_size(max_bytes)} limit for a weights file")
-    missing = sorted(set(declared) - set(stored))
-    extra = sorted(set(stored) - set(declared))
-    if missing or extra:
-        raise ValueError(f"weights do not match the architecture: missing {missing}, "
-                         f"unexpected {extra}")
-    for key, shape in declared.items():
-        if stored[key].shape != shape:
-            raise ValueError(f"weight {key} has shape {stored[key].shape}, the architecture "
-                             f"needs {shape}")
+    check_state_shapes(declared, {key: header.shape for key, header in stored.items()})
     return dtype
 
 

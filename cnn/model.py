@@ -34,6 +34,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def check_state_shapes(expected: Mapping[str, tuple], stored: Mapping[str, tuple]) -> None:
+    """ValueError unless ``stored`` has exactly the names of ``expected``, each with
+    its shape (weights files are checked with this before any array is allocated,
+    cnn.io, and again when the arrays are copied in, load_state)."""
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    if missing or extra:
+        raise ValueError(f"weights do not match the architecture: missing {missing}, "
+                         f"unexpected {extra}")
+    for key, shape in expected.items():
+        if tuple(stored[key]) != tuple(shape):
+            raise ValueError(f"weight {key} has shape {tuple(stored[key])}, the architecture "
+                             f"needs {tuple(shape)}")
+
+
 class Sequential:
     """Layers run in order on (N, C, H, W) batches of ``input_shape`` (C, H, W),
     ending in one score per class; ``build`` before use."""
@@ -195,17 +210,10 @@ class Sequential:
     def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Copy saved arrays into the built model, checking names and shapes."""
         expected = self.state()
-        missing = sorted(set(expected) - set(arrays))
-        extra = sorted(set(arrays) - set(expected))
-        if missing or extra:
-            raise ValueError(f"weights do not match the architecture: missing {missing}, "
-                             f"unexpected {extra}")
+        check_state_shapes({k: v.shape for k, v in expected.items()},
+                           {k: np.shape(v) for k, v in arrays.items()})
         for key, target in expected.items():
-            value = arrays[key]
-            if value.shape != target.shape:
-                raise ValueError(f"weight {key} has shape {value.shape}, the architecture "
-                                 f"needs {target.shape}")
-            target[...] = value
+            target[...] = arrays[key]
 
     def num_params(self) -> int:
         return int(sum(p.size for _, p, _, _ in self.parameters()))
