@@ -249,9 +249,16 @@ def run_train_child(threads, out_path, data_dir=None, epochs=1, timeout=1800, re
            "--threads", str(threads)]
     if data_dir:
         cmd += ["--data-dir", str(data_dir)]
+    # The child runs in the output's folder, so it must import the cnn this
+    # process runs (a checkout, or another install than the one on sys.path).
+    import cnn
+    env = os.environ.copy()
+    here = os.path.dirname(os.path.dirname(os.path.abspath(cnn.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([here] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
+                                                  else []))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=os.path.dirname(os.path.abspath(out_path)))
+                            cwd=os.path.dirname(os.path.abspath(out_path)), env=env)
     timed_out = threading.Event()
 
     def kill():
