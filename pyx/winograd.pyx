@@ -394,7 +394,7 @@ def winograd_conv2d_forward(x, U, b, pad=1, *, m=2, relu=False, pool=False, thre
     g.N, g.C, g.H, g.W, g.F, g.pad = N, C, H, W, F, pad
     g.m, g.alpha = m, m + 2
     g.Ho, g.Wo = H + 2 * pad - 2, W + 2 * pad - 2
-    g.tH, g.tW = -(-g.Ho // m), -(-g.Wo // m)
+    g.tH, g.tW = (g.Ho + m - 1) // m, (g.Wo + m - 1) // m
     g.Hp, g.Wp = g.tH * m + 2, g.tW * m + 2
     g.pool = bool(pool)
     g.Hq, g.Wq = g.Ho // 2, g.Wo // 2
@@ -408,7 +408,7 @@ def winograd_conv2d_forward(x, U, b, pad=1, *, m=2, relu=False, pool=False, thre
     # At least a GEMM's worth of multiplies per thread, at most a block each.
     loop_threads = threads_for(threads, A2 * F * C * total // 4, 1 << 20)
     g.T = tiles_per_block(C, F, m, x.itemsize, total, loop_threads)
-    g.nblocks = -(-total // g.T)
+    g.nblocks = (total + g.T - 1) // g.T
     loop_threads = min(loop_threads, g.nblocks)
     check_blas_sizes("winograd", F, C, g.T)
     V = np.empty((loop_threads, A2 * C * g.T), dtype=x.dtype)
