@@ -28,9 +28,13 @@ import time
 import numpy as np
 
 # Set by the launchers in each rank's environment: Open MPI, MPICH/Intel MPI/
-# srun --mpi=pmi2, MVAPICH. PMIx (srun --mpi=pmix) only gives the rank.
+# srun --mpi=pmi2, MVAPICH. PMIx (srun --mpi=pmix) only gives the rank; srun
+# also says how many tasks its job step has (SLURM_STEP_NUM_TASKS, set inside
+# a step only, unlike SLURM_NTASKS, which a batch script sees too), so a
+# one-task `srun python -m cnn.train` stays a single process.
 SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_ONLY_VARIABLES = ("PMIX_RANK",)
+STEP_TASKS_VARIABLE = "SLURM_STEP_NUM_TASKS"
 
 DEFAULT_TIMEOUT = 300.0     # seconds a rank waits in a collective before ending the job
 
@@ -52,7 +56,10 @@ def launched_by_mpi(environ=None):
     for name in SIZE_VARIABLES:
         if environ.get(name, "").strip().isdigit():
             return int(environ[name]) > 1
-    return any(name in environ for name in RANK_ONLY_VARIABLES)
+    if not any(name in environ for name in RANK_ONLY_VARIABLES):
+        return False
+    tasks = environ.get(STEP_TASKS_VARIABLE, "").strip()
+    return int(tasks) > 1 if tasks.isdigit() else True
 
 
 def connect(requested=False, timeout=DEFAULT_TIMEOUT, environ=None):

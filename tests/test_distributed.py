@@ -226,7 +226,10 @@ def test_without_mpi4py_a_one_line_error(workdir, how):
 
 @pytest.mark.parametrize("environ, launched", [
     ({}, False), ({"OMPI_COMM_WORLD_SIZE": "1"}, False), ({"OMPI_COMM_WORLD_SIZE": "4"}, True),
-    ({"PMI_SIZE": "2"}, True), ({"PMIX_RANK": "0"}, True), ({"SLURM_NTASKS": "4"}, False)])
+    ({"PMI_SIZE": "2"}, True), ({"PMIX_RANK": "0"}, True), ({"SLURM_NTASKS": "4"}, False),
+    # srun --mpi=pmix: a one-task step is a single process, a several-task step is not
+    ({"PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "1"}, False),
+    ({"PMIX_RANK": "1", "SLURM_STEP_NUM_TASKS": "4"}, True)])
 def test_launcher_detection(environ, launched):
     assert distributed.launched_by_mpi(environ) is launched
     if not launched:
