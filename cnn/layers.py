@@ -235,6 +235,35 @@ class ConvReLUMaxPool:
         return " -> ".join(repr(layer) for layer in self.layers)
 
 
+class DenseReLU:
+    """Dense -> ReLU as one step at inference (the ReLU as the GEMM's epilogue:
+    no second call, no second pass); in training, and whenever a backward pass
+    may follow, the two layers run one by one, each keeping its cache."""
+
+    def __init__(self, dense, relu):
+        self.layers = (dense, relu)
+        self._caches_valid = False
+
+    def forward(self, x, training=False, need_cache=True):
+        dense, relu = self.layers
+        if training or need_cache:
+            self._caches_valid = True
+            return relu.forward(dense.forward(x, training), training)
+        self._caches_valid = False
+        out, _ = dense.ops.dense_forward(x, dense.params["w"], dense.params["b"], relu=True,
+                                         threads=dense.threads)
+        return out
+
+    def backward(self, dout, need_dx=True):
+        if not self._caches_valid:
+            raise ValueError("no cache: the forward pass ran with need_cache=False (inference)")
+        dense, relu = self.layers
+        return dense.backward(relu.backward(dout), need_dx=need_dx)
+
+    def __repr__(self):
+        return " -> ".join(repr(layer) for layer in self.layers)
+
+
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W), C-order, so Dense weights see (c, h, w) features."""
 

@@ -18,6 +18,8 @@ from cnn.layers import (
     BatchNorm2D,
     Conv2D,
     ConvReLUMaxPool,
+    Dense,
+    DenseReLU,
     Layer,
     MaxPool2D,
     ReLU,
@@ -119,8 +121,9 @@ class Sequential:
         """The layers as they run: every Conv2D -> ReLU -> MaxPool2D triple is one
         fused step (ConvReLUMaxPool) when ``fuse`` is on, and so is every Conv2D ->
         BatchNorm2D with the ReLU and MaxPool2D that follow it (ConvBatchNorm: the
-        batch norm folded into the convolution at inference, cnn.folding); the rest
-        one step each. The fused ops compute what their layers do (their tests check
+        batch norm folded into the convolution at inference, cnn.folding), and every
+        Dense -> ReLU (DenseReLU: the ReLU as the GEMM's epilogue at inference); the
+        rest one step each. The fused ops compute what their layers do (their tests check
         that on every backend) in one pass over memory instead of several."""
         key = (self.fuse, tuple(map(id, self.layers)))
         if self._steps is None or self._steps[0] != key:
@@ -143,6 +146,10 @@ class Sequential:
                             break
                     steps.append(ConvBatchNorm(*layers[i:i + n]))
                     i += n
+                elif (self.fuse and i + 1 < len(layers) and type(layers[i]) is Dense
+                        and type(layers[i + 1]) is ReLU):
+                    steps.append(DenseReLU(*layers[i:i + 2]))
+                    i += 2
                 else:
                     steps.append(layers[i])
                     i += 1
@@ -172,7 +179,7 @@ class Sequential:
         """Logits (N, K) for a normalised batch. need_cache=False (inference only,
         no backward to follow) lets fused steps skip keeping what backward needs."""
         for step in self.steps():
-            if type(step) in (ConvReLUMaxPool, ConvBatchNorm):
+            if type(step) in (ConvReLUMaxPool, ConvBatchNorm, DenseReLU):
                 x = step.forward(x, training, need_cache)
             else:
                 x = step.forward(x, training)

@@ -67,9 +67,10 @@ cdef inline Py_ssize_t block_start(Py_ssize_t i, Py_ssize_t blocks, Py_ssize_t s
 
 
 cdef void dense_forward_kernel(const floating[:, ::1] x, const floating[:, ::1] w,
-                               const floating[::1] b, floating[:, ::1] out,
+                               const floating[::1] b, floating[:, ::1] out, bint relu,
                                int threads) noexcept nogil:
-    """out (N, M) = x (N, D) @ w.T (D, M) + b, one block of outputs per thread."""
+    """out (N, M) = x (N, D) @ w.T (D, M) + b, one block of outputs per thread;
+    relu: then ReLU on the thread's block (an epilogue while it is in cache)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], M = w.shape[0]
     cdef Py_ssize_t i, n, m, lo, hi
     for i in prange(threads, num_threads=threads, schedule="static"):
@@ -82,6 +83,11 @@ cdef void dense_forward_kernel(const floating[:, ::1] x, const floating[:, ::1] 
             gemm_rowmajor(False, True, <int>N, <int>(hi - lo), <int>D, <floating>1.0,
                           &x[0, 0], <int>D, &w[lo, 0], <int>D, <floating>1.0,
                           &out[0, lo], <int>M)
+            if relu:
+                for n in range(N):
+                    for m in range(lo, hi):
+                        if out[n, m] < 0:          # a NaN stays, as in relu_forward
+                            out[n, m] = 0
 
 
 cdef void dense_backward_kernel(const floating[:, ::1] x, const floating[:, ::1] w,
@@ -108,11 +114,12 @@ def _gemm_threads(threads, N, D, M):
     return threads_for(threads, N * D * M, GEMM_WORK_PER_THREAD)
 
 
-def dense_forward(x, w, b, *, threads=None):
+def dense_forward(x, w, b, *, relu=False, threads=None):
     """Fully connected forward.
 
     x (N, D), w (M, D) laid out (out, in), b (M,). Returns out (N, M) =
-    x @ w.T + b and a cache for dense_backward.
+    x @ w.T + b and a cache for dense_backward. relu=True: relu(out) and cache
+    None, Dense -> ReLU as one op for inference.
     """
     x, w, b = check_dense(x, w, b)
     N, D = x.shape
@@ -122,14 +129,16 @@ def dense_forward(x, w, b, *, threads=None):
     out = np.empty((N, M), dtype=x.dtype)
     with blas_threads(1):
         if x.dtype == np.float32:
-            dense_forward_kernel[float](x, w, b, out, nt)
+            dense_forward_kernel[float](x, w, b, out, bool(relu), nt)
         else:
-            dense_forward_kernel[double](x, w, b, out, nt)
-    return out, (x, w, b)
+            dense_forward_kernel[double](x, w, b, out, bool(relu), nt)
+    return out, (None if relu else (x, w, b))
 
 
 def dense_backward(dout, cache, *, threads=None):
     """Gradients of dense_forward: (dx, dw, db) shaped like (x, w, b)."""
+    if cache is None:
+        raise ValueError("no cache: the forward pass ran with relu=True (inference)")
     x, w, b = cache
     # Re-validate the cached arrays: the kernels trust every shape they are given.
     x, w, b = check_dense(x, w, b)

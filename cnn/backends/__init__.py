@@ -26,8 +26,9 @@ Every backend module exposes the same functions, in the CS231n style:
         stride None means stride = kernel
     relu_forward(x, *, threads=None) -> (out, cache)          any shape
     relu_backward(dout, cache, *, threads=None) -> dx
-    dense_forward(x, w, b, *, threads=None) -> (out, cache)
-        x (N, D), w (M, D), b (M,) -> out (N, M) = x @ w.T + b
+    dense_forward(x, w, b, *, relu=False, threads=None) -> (out, cache)
+        x (N, D), w (M, D), b (M,) -> out (N, M) = x @ w.T + b; relu=True: ReLU
+        of it and cache None (Dense -> ReLU as one op, inference)
     dense_backward(dout, cache, *, threads=None) -> (dx, dw, db)
     softmax_cross_entropy(logits, labels, *, threads=None) -> (loss, dlogits)
         logits (N, K), labels (N,) ints in [0, K); loss is the batch mean, a

@@ -19,15 +19,25 @@ import numpy as np
 from cnn._checks import check_dense, check_dout
 
 
-def dense_forward(x, w, b, *, threads=None):
-    """x (N, D), w (M, D), b (M,) -> out (N, M) = x @ w.T + b, cache."""
+def dense_forward(x, w, b, *, relu=False, threads=None):
+    """x (N, D), w (M, D), b (M,) -> out (N, M) = x @ w.T + b, cache. relu=True:
+    relu(out) and cache None (inference: Dense -> ReLU as one op)."""
     x, w, b = check_dense(x, w, b)
     out = x @ w.T + b
+    if relu:
+        return _relu(out), None
     return out, (x, w, b)
+
+
+def _relu(out):
+    """ReLU as relu_forward computes it (a NaN stays NaN)."""
+    return np.maximum(out, out.dtype.type(0))
 
 
 def dense_backward(dout, cache, *, threads=None):
     """dout (N, M) -> dx (N, D), dw (M, D), db (M,)."""
+    if cache is None:
+        raise ValueError("no cache: the forward pass ran with relu=True (inference)")
     x, w, b = cache
     x, w, b = check_dense(x, w, b)
     dout = check_dout(dout, (x.shape[0], w.shape[0]), x.dtype)
@@ -37,18 +47,22 @@ def dense_backward(dout, cache, *, threads=None):
     return dx, dw, db
 
 
-def dense_forward_naive(x, w, b, *, threads=None):
+def dense_forward_naive(x, w, b, *, relu=False, threads=None):
     """The loop formula: one matrix-vector product per sample."""
     x, w, b = check_dense(x, w, b)
     N, M = x.shape[0], w.shape[0]
     out = np.empty((N, M), dtype=x.dtype)
     for n in range(N):
         out[n] = w @ x[n] + b
+    if relu:
+        return _relu(out), None
     return out, (x, w, b)
 
 
 def dense_backward_naive(dout, cache, *, threads=None):
     """Per sample: dx[n] = dout[n] @ w; dw and db summed over the samples."""
+    if cache is None:
+        raise ValueError("no cache: the forward pass ran with relu=True (inference)")
     x, w, b = cache
     x, w, b = check_dense(x, w, b)
     N = x.shape[0]
