@@ -14,6 +14,8 @@ import numpy as np
 from cnn.backends import BackendUnavailable, fallback_note, get_backend
 from cnn.io import ModelFileError, load_model
 
+IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
+
 
 def _int_at_least(text, low, what):
     try:

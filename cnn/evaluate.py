@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from cnn import __version__, get_num_threads
-from cnn._cli import fail as _fail, open_model, positive_int, unwritable_folder
+from cnn._cli import IO_ERROR, fail as _fail, open_model, positive_int, unwritable_folder
 from cnn.data import DATA_DIR_ENV, DEFAULT_DATA_DIR, DataError, load_dataset
 from cnn.datasets import input_shape_of, load_data
 from cnn.datasets.folder import is_image_folder
@@ -35,7 +35,6 @@ from cnn.datasets.idx import is_idx_folder, is_idx_test_folder
 from cnn.io import atomic_write
 
 PROG = "cnn.evaluate"
-IO_ERROR = getattr(os, "EX_IOERR", 74)   # exit status of an I/O error (sysexits.h)
 
 
 def build_parser():

@@ -244,7 +244,7 @@ def _check_output(path):
 
 
 def main(argv=None):
-    from cnn._cli import open_model
+    from cnn._cli import IO_ERROR, open_model
     from cnn.io import atomic_write
     args = build_parser().parse_args(argv)
     problem = _check_output(args.output)
@@ -274,7 +274,7 @@ def main(argv=None):
         atomic_write(args.output, lambda f: f.write(data))
     except OSError as exc:
         return fail(f"OUTPUT: writing {args.output!r} failed: {exc.strerror or exc}",
-                    getattr(os, "EX_IOERR", 74))
+                    IO_ERROR)
     C, H, W = model.input_shape
     print(f"{args.output}: {model.name}, input [N, {C}, {H}, {W}], {model.num_classes} classes, "
           f"{len(data):,} bytes, opset {OPSET}; {check}")

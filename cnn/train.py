@@ -49,6 +49,7 @@ import numpy as np
 
 from cnn import __version__, distributed, history as run_history
 from cnn._cli import (
+    IO_ERROR,
     fail as _fail,
     fraction,
     non_negative_float,
@@ -82,7 +83,6 @@ from cnn.resume import (
     resume_command,
 )
 from cnn.run_files import (
-    IO_ERROR,
     OutputError,
     check_output,
     checkpoint_path,
