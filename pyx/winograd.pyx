@@ -225,30 +225,18 @@ cdef void transform_block(const floating* xp, floating* V, Py_ssize_t first,
         t0 += ng
 
 
-cdef void pooled_store(const floating* y, Py_ssize_t T, floating* out, Py_ssize_t f,
-                       Py_ssize_t first, Py_ssize_t count, floating bias,
-                       WinogradGeometry* g) noexcept nogil:
-    """The pooled epilogue (m = 2: a tile is one 2x2 pooling window): out[n, f,
-    ti, tj] = max(relu(y + bias)) over the tile's four outputs, for the tiles of
-    the block that lie inside the pooled output (Hq x Wq; an odd last conv row or
-    column is dropped, as maxpool2d drops it). One value per tile, so a run of
-    tiles along a row is a contiguous run of the output."""
-    cdef Py_ssize_t t0 = 0, t, n, ti, tj, run, inside
+cdef inline void pooled_run(const floating* y, Py_ssize_t T, Py_ssize_t t0, Py_ssize_t n,
+                            floating bias, floating* row) noexcept nogil:
+    """The pooled epilogue of n tiles from t0 along a tile row (m = 2: a tile is one
+    2x2 pooling window): row[t] = max(relu(y + bias)) over tile t0 + t's four
+    outputs. One value per tile, so the run is contiguous in the output."""
+    cdef Py_ssize_t t
     cdef floating value
     cdef floating zero = 0
-    cdef floating* row
-    while t0 < count:
-        n = (first + t0) // (g.tH * g.tW)
-        ti = (first + t0) // g.tW % g.tH
-        tj = (first + t0) % g.tW
-        run = min(count - t0, g.tW - tj)
-        if ti < g.Hq:
-            inside = min(run, g.Wq - tj)
-            row = out + ((n * g.F + f) * g.Hq + ti) * g.Wq + tj
-            for t in range(t0, t0 + inside):
-                value = max(max(y[t], y[T + t]), max(y[2 * T + t], y[3 * T + t])) + bias
-                row[t - t0] = max(value, zero)
-        t0 += run
+    for t in range(n):
+        value = max(max(y[t0 + t], y[T + t0 + t]),
+                    max(y[2 * T + t0 + t], y[3 * T + t0 + t])) + bias
+        row[t] = max(value, zero)
 
 
 cdef void output_block(const floating* M, const floating* b, floating* out,
@@ -274,6 +262,11 @@ cdef void output_block(const floating* M, const floating* b, floating* out,
     cdef Py_ssize_t image[MAX_RUNS]
     cdef Py_ssize_t run_rows[MAX_RUNS]
     cdef Py_ssize_t last_cols[MAX_RUNS]
+    # with pool: where the run's pooled values start in out (per filter) and how
+    # many of its tiles lie inside the pooled output (Hq x Wq: an odd last conv
+    # row or column is dropped, as maxpool2d drops it)
+    cdef Py_ssize_t pooled_start[MAX_RUNS]
+    cdef Py_ssize_t pooled_tiles[MAX_RUNS]
     cdef Py_ssize_t n, ti, tj
     t0 = 0
     while t0 < count:
@@ -287,6 +280,8 @@ cdef void output_block(const floating* M, const floating* b, floating* out,
         run_rows[runs] = min(m, g.Ho - ti * m)
         # columns of the run's last tile inside the output (m unless at the edge)
         last_cols[runs] = min(m, g.Wo - (tj + run_tiles[runs] - 1) * m)
+        pooled_start[runs] = ti * g.Wq + tj
+        pooled_tiles[runs] = max(0, min(run_tiles[runs], g.Wq - tj)) if ti < g.Hq else 0
         t0 += run_tiles[runs]
         runs += 1
     for f in range(g.F):
@@ -296,7 +291,9 @@ cdef void output_block(const floating* M, const floating* b, floating* out,
             output_1d(&tmp[i * a * T], T, &y[i * m * T], T, g.m, <int>count)
         bias = b[f]
         if g.pool:
-            pooled_store(y, T, out, f, first, count, bias, g)
+            for r in range(runs):
+                pooled_run(y, T, first_tile[r], pooled_tiles[r], bias,
+                           out + (image[r] * g.F + f) * g.Hq * g.Wq + pooled_start[r])
             continue
         for r in range(runs):
             t0 = first_tile[r]
