@@ -16,13 +16,14 @@ pass may follow (``need_cache``), the step runs its layers one by one, each
 keeping its cache, exactly as without the step.
 
 w' and b' are computed once (in float64, rounded once to the model's dtype)
-and kept with copies of the six arrays they came from, so weights and
-statistics changed in place (an optimizer's step, a training pass's running
-averages) are seen at the next call.
+and kept until one of the six arrays they came from changes (cnn.derived), so
+weights and statistics changed in place (an optimizer's step, a training
+pass's running averages) are seen at the next call.
 """
 import numpy as np
 
 from cnn import winograd
+from cnn.derived import Derived
 
 
 class ConvBatchNorm:
@@ -30,26 +31,24 @@ class ConvBatchNorm:
 
     def __init__(self, *layers):
         self.layers = layers
-        self._sources = None          # copies of w, b, gamma, beta, mean, var
-        self._folded = None           # (w', b')
-        self._winograd_filters = winograd.PreparedFilters()
+        self._folded = Derived()      # (w', b')
+        self._winograd_filters = Derived()
         self._caches_valid = False    # the layers' caches are this forward pass's
 
     def folded(self):
         """(w', b'): the convolution with the batch norm folded in."""
         conv, bn = self.layers[:2]
-        sources = (conv.params["w"], conv.params["b"], bn.params["gamma"], bn.params["beta"],
-                   bn.buffers["running_mean"], bn.buffers["running_var"])
-        if self._sources is None or not all(
-                a.shape == b.shape and np.array_equal(a, b)
-                for a, b in zip(sources, self._sources)):
+        dtype = conv.params["w"].dtype
+
+        def fold(*sources):
             w, b, gamma, beta, mean, var = (a.astype(np.float64) for a in sources)
             scale = gamma / np.sqrt(var + bn.eps)
-            dtype = conv.params["w"].dtype
-            self._folded = (np.ascontiguousarray(w * scale[:, None, None, None], dtype=dtype),
-                            np.ascontiguousarray((b - mean) * scale + beta, dtype=dtype))
-            self._sources = tuple(a.copy() for a in sources)
-        return self._folded
+            return (np.ascontiguousarray(w * scale[:, None, None, None], dtype=dtype),
+                    np.ascontiguousarray((b - mean) * scale + beta, dtype=dtype))
+
+        return self._folded.get(fold, conv.params["w"], conv.params["b"], bn.params["gamma"],
+                                bn.params["beta"], bn.buffers["running_mean"],
+                                bn.buffers["running_var"])
 
     def forward(self, x, training=False, need_cache=True):
         if training or need_cache:
@@ -62,15 +61,8 @@ class ConvBatchNorm:
         ops, threads = conv.ops, conv.threads
         w, b = self.folded()
         if len(self.layers) == 4:
-            pool = self.layers[3]
-            if winograd.fits(conv, pool, np.shape(x), ops):
-                return ops.winograd_conv2d_forward(x, self._winograd_filters.get(w, ops), b,
-                                                   conv.pad[0], m=2, pool=True,
-                                                   threads=threads)
-            out, _ = ops.conv2d_relu_maxpool2d_forward(x, w, b, conv.stride, conv.pad,
-                                                       pool.kernel, pool.stride,
-                                                       threads=threads, need_cache=False)
-            return out
+            return winograd.conv_relu_pool_inference(conv, self.layers[3], x, w, b,
+                                                     self._winograd_filters)
         out, _ = ops.conv2d_forward(x, w, b, stride=conv.stride, pad=conv.pad, threads=threads)
         if len(self.layers) == 3:
             out, _ = ops.relu_forward(out, threads=threads)

@@ -16,6 +16,7 @@ import numpy as np
 
 from cnn import winograd
 from cnn._checks import pair
+from cnn.derived import Derived
 
 
 class Layer:
@@ -210,16 +211,14 @@ class ConvReLUMaxPool:
     def __init__(self, conv, relu, pool):
         self.layers = (conv, relu, pool)
         self.cache = None
-        self.winograd_filters = winograd.PreparedFilters()
+        self.winograd_filters = Derived()
 
     def forward(self, x, training=False, need_cache=True):
         conv, _, pool = self.layers
-        if not need_cache and winograd.fits(conv, pool, np.shape(x), conv.ops):
-            # inference: Winograd F(2x2, 3x3) with the pooling as its epilogue
+        if not need_cache:      # inference: Winograd or im2col, no cache (cnn.winograd)
             self.cache = None
-            return conv.ops.winograd_conv2d_forward(
-                x, self.winograd_filters.get(conv.params["w"], conv.ops), conv.params["b"],
-                conv.pad[0], m=2, pool=True, threads=conv.threads)
+            return winograd.conv_relu_pool_inference(conv, pool, x, conv.params["w"],
+                                                     conv.params["b"], self.winograd_filters)
         out, self.cache = conv.ops.conv2d_relu_maxpool2d_forward(
             x, conv.params["w"], conv.params["b"], conv.stride, conv.pad, pool.kernel,
             pool.stride, threads=conv.threads, need_cache=need_cache)

@@ -20,10 +20,10 @@ ms per call, im2col+relu+pool vs Winograd):
 Hence MIN_CHANNELS and MIN_IMAGES. CNN_WINOGRAD=0 turns the path off (to
 compare, or if a machine measures otherwise).
 
-The filters' transform U is computed once and kept with a copy of the weights
-it came from: optimizers update weights in place, so the copy, not the array's
-identity, tells whether U is still the weights' (comparing costs a pass over
-the weights, about a microsecond per thousand).
+The filters' transform U is computed once and kept until the weights change
+(cnn.derived). ``conv_relu_pool_inference`` is the one place that chooses
+between this path and the fused im2col kernel, for ConvReLUMaxPool and for
+ConvBatchNorm (cnn.folding) alike.
 """
 import os
 
@@ -48,16 +48,17 @@ def fits(conv, pool, x_shape, ops):
             and x_shape[2] + 2 * ph >= 4 and x_shape[3] + 2 * pw >= 4)
 
 
-class PreparedFilters:
-    """U = winograd_filters(w, 2) for the weights w, recomputed when they change."""
-
-    def __init__(self):
-        self.weights = None
-        self.U = None
-
-    def get(self, w, ops):
-        if self.weights is None or self.weights.shape != w.shape \
-                or self.weights.dtype != w.dtype or not np.array_equal(self.weights, w):
-            self.U = ops.winograd_filters(w, 2)
-            self.weights = w.copy()
-        return self.U
+def conv_relu_pool_inference(conv, pool, x, w, b, filters):
+    """relu(conv(x)) max-pooled as ``pool`` says, at inference, with the weights
+    (w, b) (the layer's, or folded ones): through Winograd when ``fits``, its
+    transformed filters kept in ``filters`` (a cnn.derived.Derived), else through
+    the fused im2col kernel."""
+    ops = conv.ops
+    if fits(conv, pool, np.shape(x), ops):
+        U = filters.get(lambda w: ops.winograd_filters(w, 2), w)
+        return ops.winograd_conv2d_forward(x, U, b, conv.pad[0], m=2, pool=True,
+                                           threads=conv.threads)
+    out, _ = ops.conv2d_relu_maxpool2d_forward(x, w, b, conv.stride, conv.pad, pool.kernel,
+                                               pool.stride, threads=conv.threads,
+                                               need_cache=False)
+    return out
