@@ -24,16 +24,16 @@ import numpy as np
 
 from cnn import winograd
 from cnn.derived import Derived
+from cnn.layers import LayerGroup
 
 
-class ConvBatchNorm:
+class ConvBatchNorm(LayerGroup):
     """The layers (Conv2D, BatchNorm2D[, ReLU[, MaxPool2D]]) as one step."""
 
     def __init__(self, *layers):
-        self.layers = layers
+        super().__init__(*layers)
         self._folded = Derived()      # (w', b')
         self._winograd_filters = Derived()
-        self._caches_valid = False    # the layers' caches are this forward pass's
 
     def folded(self):
         """(w', b'): the convolution with the batch norm folded in."""
@@ -52,10 +52,7 @@ class ConvBatchNorm:
 
     def forward(self, x, training=False, need_cache=True):
         if training or need_cache:
-            for layer in self.layers:
-                x = layer.forward(x, training)
-            self._caches_valid = True
-            return x
+            return self.forward_layers(x, training)
         self._caches_valid = False
         conv = self.layers[0]
         ops, threads = conv.ops, conv.threads
@@ -67,13 +64,3 @@ class ConvBatchNorm:
         if len(self.layers) == 3:
             out, _ = ops.relu_forward(out, threads=threads)
         return out
-
-    def backward(self, dout, need_dx=True):
-        if not self._caches_valid:
-            raise ValueError("no cache: the forward pass ran with need_cache=False (inference)")
-        for i in range(len(self.layers) - 1, -1, -1):
-            dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0)
-        return dout
-
-    def __repr__(self):
-        return " -> ".join(repr(layer) for layer in self.layers)

@@ -234,33 +234,45 @@ class ConvReLUMaxPool:
         return " -> ".join(repr(layer) for layer in self.layers)
 
 
-class DenseReLU:
-    """Dense -> ReLU as one step at inference (the ReLU as the GEMM's epilogue:
-    no second call, no second pass); in training, and whenever a backward pass
-    may follow, the two layers run one by one, each keeping its cache."""
+class LayerGroup:
+    """Layers that run as one model step at inference (a subclass's ``forward``
+    with need_cache=False); in training, and whenever a backward pass may
+    follow, they run one by one (``forward_layers``), each keeping its cache,
+    and ``backward`` goes back through them."""
 
-    def __init__(self, dense, relu):
-        self.layers = (dense, relu)
-        self._caches_valid = False
+    def __init__(self, *layers):
+        self.layers = layers
+        self._caches_valid = False    # the layers' caches are the last forward pass's
 
-    def forward(self, x, training=False, need_cache=True):
-        dense, relu = self.layers
-        if training or need_cache:
-            self._caches_valid = True
-            return relu.forward(dense.forward(x, training), training)
-        self._caches_valid = False
-        out, _ = dense.ops.dense_forward(x, dense.params["w"], dense.params["b"], relu=True,
-                                         threads=dense.threads)
-        return out
+    def forward_layers(self, x, training):
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        self._caches_valid = True
+        return x
 
     def backward(self, dout, need_dx=True):
         if not self._caches_valid:
             raise ValueError("no cache: the forward pass ran with need_cache=False (inference)")
-        dense, relu = self.layers
-        return dense.backward(relu.backward(dout), need_dx=need_dx)
+        for i in range(len(self.layers) - 1, -1, -1):
+            dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0)
+        return dout
 
     def __repr__(self):
         return " -> ".join(repr(layer) for layer in self.layers)
+
+
+class DenseReLU(LayerGroup):
+    """Dense -> ReLU as one step at inference: the ReLU as the GEMM's epilogue,
+    no second call and no second pass."""
+
+    def forward(self, x, training=False, need_cache=True):
+        if training or need_cache:
+            return self.forward_layers(x, training)
+        self._caches_valid = False
+        dense = self.layers[0]
+        out, _ = dense.ops.dense_forward(x, dense.params["w"], dense.params["b"], relu=True,
+                                         threads=dense.threads)
+        return out
 
 
 class Flatten(Layer):
