@@ -7,12 +7,15 @@ Training code calls ``forward(x, training=True)`` on normalised batches
 trained with (``normalization``, saved in the weights file).
 """
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from cnn.backends import get_backend
+
+if TYPE_CHECKING:
+    from cnn.plan import InferencePlan
 from cnn.folding import ConvBatchNorm
 from cnn.layers import (
     BatchNorm2D,
@@ -292,6 +295,14 @@ class Sequential:
         return np.concatenate([self.forward(x[i:i + batch_size], training=False,
                                             need_cache=False)
                                for i in range(0, len(x), batch_size)])
+
+    def compile(self, threads: int | None = None) -> "InferencePlan":
+        """This model prepared for inference (cnn.plan.InferencePlan): weights
+        copied, kernels' geometry, thread split and workspaces worked out once;
+        ``plan(x)`` equals ``forward(x, training=False)``. ``threads``: kernel
+        threads (None: the model's)."""
+        from cnn.plan import InferencePlan
+        return InferencePlan(self, threads)
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for raw pixels."""

@@ -94,7 +94,7 @@ def main(argv=None):
             results.append({"file": path})
 
     if pixels:
-        proba = model.predict_proba(np.stack(pixels))
+        proba = model.compile().predict_proba(np.stack(pixels))   # cnn.plan
         for i, p in zip(decoded, proba):
             top = top_k(p, k, names)
             results[i].update(label=top[0]["label"], **{"class": top[0]["class"]},

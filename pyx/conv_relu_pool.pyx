@@ -43,7 +43,7 @@ from cython.parallel cimport prange, threadid
 
 from cnn._checks import check_argmax, check_blas_sizes, check_conv_relu_pool, check_dout
 from cnn._blas_threads import blas_threads
-from cnn._threads import forward_split, split_threads
+from cnn._threads import forward_split, resolve_threads, split_threads
 
 include "gemm.pxi"
 include "im2col.pxi"
@@ -134,6 +134,18 @@ cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] 
                                g.conv.row, g.PKH, g.PKW, g.psh, g.psw, g.Hp, g.Wp)
 
 
+cdef void forward_nogil(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
+                        const floating[::1] b, floating[:, :, ::1] out, int64_t[:, :, ::1] arg,
+                        bint arg_per_thread, floating[:, ::1] pad_work,
+                        floating[:, :, ::1] work, floating[:, :, ::1] conv, Geometry g,
+                        Py_ssize_t filter_blocks, int loop_threads):
+    """forward_kernel without the GIL: the arrays are typed (and so held) on entry, and
+    other Python threads (the service's event loop) run while the kernel does."""
+    with nogil:
+        forward_kernel(x, w2, b, out, arg, arg_per_thread, pad_work, work, conv, g,
+                       filter_blocks, loop_threads)
+
+
 cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
                           const floating[:, :, ::1] dout, const int64_t[:, :, ::1] arg,
                           floating[:, :, :, ::1] dx, floating[:, :, ::1] dw_parts,
@@ -211,11 +223,11 @@ def conv2d_relu_maxpool2d_forward(x, w, b, stride=1, pad=0, pool_kernel=2, pool_
     w2 = w.reshape(F, g.conv.K)
     with blas_threads(1):
         if x.dtype == np.float32:
-            forward_kernel[float](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
-                                  filter_blocks, loop_threads)
+            forward_nogil[float](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
+                                 filter_blocks, loop_threads)
         else:
-            forward_kernel[double](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
-                                   filter_blocks, loop_threads)
+            forward_nogil[double](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
+                                  filter_blocks, loop_threads)
     out = out.reshape(N, F, g.Hp, g.Wp)
     if not keep_arg:
         return out, None
@@ -260,3 +272,106 @@ def conv2d_relu_maxpool2d_backward(dout, cache, *, threads=None, need_dx=True):
     dw = dw_parts.sum(axis=0) if loop_threads > 1 else dw_parts[0]
     db = db_parts.sum(axis=0) if loop_threads > 1 else db_parts[0]
     return (dx if need_dx else None), dw.reshape(w.shape), db
+
+
+cdef class ConvReLUPoolPlan:
+    """conv2d -> relu -> maxpool2d prepared once for inference, as ONNX Runtime's
+    MLAS prepares a convolution before running it: the geometry, the thread split
+    for every batch size and the per-thread workspaces are worked out when the
+    plan is made, so a call checks only its input (dtype, layout, per-image
+    shape) and runs the kernel without the GIL. A step of cnn.plan.InferencePlan.
+
+    ConvReLUPoolPlan(w, b, input_shape, stride, pad, pool_kernel, pool_stride,
+    threads=None): w (F, C, KH, KW), b (F,), input_shape one image's (C, H, W).
+    w and b are kept by reference when they are C-contiguous in the right dtype
+    (else copied): change them and the plan sees it (InferencePlan gives it
+    arrays of its own snapshot of the model). ``run(x)`` maps x
+    (N, C, H, W), any N, to out (N, F, Hp, Wp) = conv2d_relu_maxpool2d_forward's,
+    and needs its caller to hold ``blas_threads(1)`` (InferencePlan does, once
+    for the whole network); calling the plan itself takes it.
+
+    The workspaces are the plan's own, reused by every call. A call that finds
+    them in use (another thread is inside ``run``) takes fresh ones, so the
+    plan is safe to share; the check and the claim happen under the GIL, before
+    the kernel lets it go.
+    """
+    cdef Geometry g
+    cdef readonly tuple input_shape, output_shape
+    cdef readonly object dtype
+    cdef readonly int threads
+    cdef object w2, b, workspace
+    cdef tuple splits
+    cdef bint busy
+
+    def __init__(self, w, b, input_shape, stride=1, pad=0, pool_kernel=2, pool_stride=None,
+                 *, threads=None):
+        shape = tuple(input_shape)
+        if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and not isinstance(
+                s, bool) and s > 0 for s in shape):
+            raise ValueError(f"input_shape must be one image's (C, H, W), positive integers, "
+                             f"got {input_shape!r}")
+        w = np.asarray(w)
+        probe = np.zeros((1,) + tuple(int(s) for s in shape),
+                         dtype=w.dtype if w.dtype in (np.float32, np.float64) else np.float32)
+        (probe, w, b, stride, pad, conv_size, pool_kernel, pool_stride,
+         pool_size) = check_conv_relu_pool(probe, w, b, stride, pad, pool_kernel, pool_stride)
+        self.g = geometry(probe.shape, w.shape, stride, pad, conv_size, pool_kernel,
+                          pool_stride, pool_size)
+        check_blas_sizes("conv2d", self.g.conv.F, self.g.conv.K, self.g.conv.L)
+        self.input_shape = probe.shape[1:]
+        self.output_shape = (self.g.conv.F, self.g.Hp, self.g.Wp)
+        self.dtype = probe.dtype
+        self.threads = resolve_threads(threads)
+        # (filter_blocks, loop_threads) for N = 1 .. threads-1 images; more: (1, threads)
+        self.splits = tuple(forward_split(self.threads, n, self.g.conv.F,
+                                          self.g.conv.K * self.g.conv.L)
+                            for n in range(1, self.threads))
+        self.w2 = np.ascontiguousarray(w, dtype=self.dtype).reshape(self.g.conv.F,
+                                                                    self.g.conv.K)
+        self.b = np.ascontiguousarray(b, dtype=self.dtype)
+        self.workspace = self._new_workspace()
+        self.busy = False
+
+    def _new_workspace(self):
+        """(pad_work, work, conv, arg) for ``threads`` threads: each thread's padded
+        image, cols, conv output and (unkept) argmax."""
+        T, c = self.threads, self.g.conv
+        return (np.empty((T, c.C * c.plane), dtype=self.dtype),
+                np.empty((T, c.K, c.L), dtype=self.dtype),
+                np.empty((T, c.F, c.L), dtype=self.dtype),
+                np.empty((T, c.F, self.g.Hp * self.g.Wp), dtype=np.int64))
+
+    def run(self, x):
+        """out (N, F, Hp, Wp) for x (N, C, H, W); see the class docstring."""
+        if (type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != 4
+                or x.shape[1:] != self.input_shape):
+            raise ValueError(f"x must be a {self.dtype} array of shape (N, "
+                             f"{', '.join(map(str, self.input_shape))}), got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {np.shape(x)}")
+        x = np.ascontiguousarray(x)
+        N = x.shape[0]
+        F, Q = self.g.conv.F, self.g.Hp * self.g.Wp
+        out = np.empty((N, F, Q), dtype=self.dtype)
+        if N == 0:
+            return out.reshape(N, F, self.g.Hp, self.g.Wp)
+        filter_blocks, loop_threads = (self.splits[N - 1] if N < self.threads
+                                       else (1, self.threads))
+        own = not self.busy
+        workspace = self.workspace if own else self._new_workspace()
+        self.busy = True
+        try:
+            pad_work, work, conv, arg = workspace
+            if self.dtype == np.float32:
+                forward_nogil[float](x, self.w2, self.b, out, arg, True, pad_work, work, conv,
+                                     self.g, filter_blocks, loop_threads)
+            else:
+                forward_nogil[double](x, self.w2, self.b, out, arg, True, pad_work, work,
+                                      conv, self.g, filter_blocks, loop_threads)
+        finally:
+            if own:
+                self.busy = False
+        return out.reshape(N, F, self.g.Hp, self.g.Wp)
+
+    def __call__(self, x):
+        with blas_threads(1):
+            return self.run(x)

@@ -33,7 +33,7 @@ from cython.parallel cimport prange
 
 from cnn._checks import check_blas_sizes, check_dense, check_dout
 from cnn._blas_threads import blas_threads
-from cnn._threads import GEMM_WORK_PER_THREAD, threads_for
+from cnn._threads import GEMM_WORK_PER_THREAD, resolve_threads, threads_for
 
 include "gemm.pxi"
 
@@ -90,6 +90,14 @@ cdef void dense_forward_kernel(const floating[:, ::1] x, const floating[:, ::1] 
                             out[n, m] = 0
 
 
+cdef void dense_forward_nogil(const floating[:, ::1] x, const floating[:, ::1] w,
+                              const floating[::1] b, floating[:, ::1] out, bint relu,
+                              int threads):
+    """dense_forward_kernel without the GIL (the arrays are typed, and held, on entry)."""
+    with nogil:
+        dense_forward_kernel(x, w, b, out, relu, threads)
+
+
 cdef void dense_backward_kernel(const floating[:, ::1] x, const floating[:, ::1] w,
                                 const floating[:, ::1] dout, floating[:, ::1] dx,
                                 floating[:, ::1] dw, int threads) noexcept nogil:
@@ -129,9 +137,9 @@ def dense_forward(x, w, b, *, relu=False, threads=None):
     out = np.empty((N, M), dtype=x.dtype)
     with blas_threads(1):
         if x.dtype == np.float32:
-            dense_forward_kernel[float](x, w, b, out, bool(relu), nt)
+            dense_forward_nogil[float](x, w, b, out, bool(relu), nt)
         else:
-            dense_forward_kernel[double](x, w, b, out, bool(relu), nt)
+            dense_forward_nogil[double](x, w, b, out, bool(relu), nt)
     return out, (None if relu else (x, w, b))
 
 
@@ -160,3 +168,63 @@ def dense_backward(dout, cache, *, threads=None):
             column_sum_kernel[double](dout, db_acc, db_threads)
     db = db_acc.astype(x.dtype, copy=False)
     return dx, dw, db
+
+
+cdef class DensePlan:
+    """A dense layer (and the ReLU after it, ``relu=True``) prepared once for
+    inference: a step of cnn.plan.InferencePlan. w (M, D) and b (M,) are kept by
+    reference when C-contiguous in the right dtype (else copied). ``run(x)`` maps
+    x (N, D) to out (N, M) = dense_forward's, checking only x's dtype and width,
+    without the GIL, and needs its caller to hold ``blas_threads(1)``; calling
+    the plan takes it. Nothing is kept between calls."""
+    cdef readonly object dtype
+    cdef readonly bint relu
+    cdef readonly int threads
+    cdef readonly Py_ssize_t D, M
+    cdef object w, b
+
+    def __init__(self, w, b, *, relu=False, threads=None):
+        w = np.asarray(w)
+        probe = np.zeros((1, w.shape[1] if w.ndim == 2 else 1),
+                         dtype=w.dtype if w.dtype in (np.float32, np.float64) else np.float32)
+        probe, w, b = check_dense(probe, w, b)
+        self.M, self.D = w.shape[0], w.shape[1]
+        check_blas_sizes("dense", 1, self.D, self.M)
+        self.dtype = probe.dtype
+        self.w = np.ascontiguousarray(w, dtype=self.dtype)
+        self.b = np.ascontiguousarray(b, dtype=self.dtype)
+        self.relu = bool(relu)
+        self.threads = resolve_threads(threads)
+
+    @property
+    def input_shape(self):
+        return (self.D,)
+
+    @property
+    def output_shape(self):
+        return (self.M,)
+
+    def run(self, x):
+        """out (N, M) for x (N, D)."""
+        if (type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != 2
+                or x.shape[1] != self.D):
+            raise ValueError(f"x must be a {self.dtype} array of shape (N, {self.D}), got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {np.shape(x)}")
+        x = np.ascontiguousarray(x)
+        cdef Py_ssize_t N = x.shape[0]
+        check_blas_sizes("dense", N, self.D, self.M)
+        out = np.empty((N, self.M), dtype=self.dtype)
+        if N == 0:
+            return out
+        # _gemm_threads' rule, in C: a thread per GEMM_WORK_PER_THREAD multiply-adds
+        cdef Py_ssize_t nt = N * self.D * self.M // GEMM_WORK_PER_THREAD
+        nt = max(1, min(nt, self.threads, self.M))
+        if self.dtype == np.float32:
+            dense_forward_nogil[float](x, self.w, self.b, out, self.relu, <int>nt)
+        else:
+            dense_forward_nogil[double](x, self.w, self.b, out, self.relu, <int>nt)
+        return out
+
+    def __call__(self, x):
+        with blas_threads(1):
+            return self.run(x)

@@ -331,6 +331,16 @@ cdef void winograd_forward_kernel(const floating[:, :, :, ::1] xp,
                      relu, &g)
 
 
+cdef void winograd_forward_nogil(const floating[:, :, :, ::1] xp,
+                                 const floating[:, :, ::1] U, const floating[::1] b,
+                                 floating[:, :, :, ::1] out, floating[:, ::1] V,
+                                 floating[:, ::1] M, floating[:, ::1] work, bint relu,
+                                 WinogradGeometry g, int loop_threads):
+    """winograd_forward_kernel without the GIL (the arrays are typed, and held, on entry)."""
+    with nogil:
+        winograd_forward_kernel(xp, U, b, out, V, M, work, relu, g, loop_threads)
+
+
 def winograd_filters(w, m=2):
     """The filters' transform: w (F, C, 3, 3) -> U (alpha^2, F, C), alpha = m + 2,
     positions first (U[pos] is the (F, C) matrix of one GEMM)."""
@@ -413,11 +423,11 @@ def winograd_conv2d_forward(x, U, b, pad=1, *, m=2, relu=False, pool=False, thre
     work = np.empty((loop_threads, (m * (m + 2) + m * m) * g.T), dtype=x.dtype)
     with blas_threads(1):
         if x.dtype == np.float32:
-            winograd_forward_kernel[float](xp, U, b, out, V, M, work, bool(relu), g,
-                                           loop_threads)
+            winograd_forward_nogil[float](xp, U, b, out, V, M, work, bool(relu), g,
+                                          loop_threads)
         else:
-            winograd_forward_kernel[double](xp, U, b, out, V, M, work, bool(relu), g,
-                                            loop_threads)
+            winograd_forward_nogil[double](xp, U, b, out, V, M, work, bool(relu), g,
+                                           loop_threads)
     return out
 
 

@@ -91,7 +91,7 @@ class Batcher:
         """Class probabilities (N, K) of the raw pixels ``x`` for ``served``."""
         if not self.enabled:
             with served.lock:
-                proba = run_blocking(served.model.predict_proba, x)
+                proba = run_blocking(served.plan.predict_proba, x)
             self._passed(served, len(proba), 1)
             return proba
         request = _Request(served, x)
@@ -202,7 +202,7 @@ class Batcher:
     def _run(self, batch):
         served = batch[0].served
         try:
-            outcomes = run_blocking(_forward, served.model, [r.x for r in batch])
+            outcomes = run_blocking(_forward, served.plan, [r.x for r in batch])
         except Exception as exc:  # noqa: BLE001 - every request gets the same answer
             log.error("forward pass of model %r failed (%d requests, %d images)",
                       served.name, len(batch), sum(r.n for r in batch), exc_info=exc)
@@ -223,8 +223,9 @@ class Batcher:
 
 def _forward(model, xs):
     """[(proba, None) or (None, exception)] for each input of one merged pass
-    (runs in the worker's CPU thread). A lone input is exactly
-    ``model.predict_proba``; several are prepared one by one (a bad one fails
+    (runs in the worker's CPU thread); ``model`` is the served model's inference
+    plan (cnn.plan), which has the model's predict_proba, prepare and logits. A
+    lone input is exactly ``model.predict_proba``; several are prepared one by one (a bad one fails
     alone), concatenated and run as one batch."""
     if len(xs) == 1:
         return [(model.predict_proba(xs[0]), None)]

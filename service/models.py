@@ -84,6 +84,9 @@ class ServedModel:
         self.path = path
         self.file = self.key = file or os.path.basename(path)   # relative to the folder
         self.model = model
+        # What the forward passes run: the model prepared once (cnn.plan), a
+        # snapshot of its weights, which keeps nothing between calls.
+        self.plan = model.compile()
         self.lock = lock if lock is not None else threading.Lock()
         meta = model.meta or {}
         self.meta = meta
@@ -110,7 +113,7 @@ class ServedModel:
         if batcher is not None:
             return batcher.predict_proba(self, x)
         with self.lock:
-            return run_blocking(self.model.predict_proba, x)
+            return run_blocking(self.plan.predict_proba, x)
 
     def describe(self, default=False):
         arch = self.meta.get("architecture") or {}

@@ -7,8 +7,8 @@ its JSON and the forward pass never yield, so run on that thread they would
 freeze every other connection of the worker, /health and gunicorn's heartbeat
 included. :func:`run_blocking` hands them to gevent's pool of real threads
 instead and lets the loop serve other connections meanwhile (Pillow, NumPy
-and the kernels release the GIL for their long loops); the greenlet that
-asked waits cooperatively.
+and the forward kernels of the inference plan, cnn.plan, release the GIL
+for their long loops); the greenlet that asked waits cooperatively.
 
 The pool has one thread: the CPU work of a worker's requests runs one piece at
 a time, in arrival order, on the worker's share of the cores (more threads

@@ -1,15 +1,21 @@
 """The compiled backend: re-exports the kernels built from pyx/ (see setup.py).
 
 Each compiled ``def`` validates its arguments (cnn._checks) before any nogil
-code runs, so these functions are safe to call with any input.
+code runs, so these functions are safe to call with any input. The prepared
+steps of an inference plan (``ConvReLUPoolPlan``, ``DensePlan``; cnn.plan)
+validate their weights and geometry once when made, and each call's input.
 """
 from cnn.backends import BackendUnavailable
 
 try:
     from cnn._batchnorm import batchnorm2d_backward, batchnorm2d_forward
     from cnn._conv import conv2d_backward, conv2d_forward
-    from cnn._conv_relu_pool import conv2d_relu_maxpool2d_backward, conv2d_relu_maxpool2d_forward
-    from cnn._dense import dense_backward, dense_forward
+    from cnn._conv_relu_pool import (
+        ConvReLUPoolPlan,
+        conv2d_relu_maxpool2d_backward,
+        conv2d_relu_maxpool2d_forward,
+    )
+    from cnn._dense import DensePlan, dense_backward, dense_forward
     from cnn._pool import (
         avgpool2d_backward,
         avgpool2d_forward,

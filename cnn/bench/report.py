@@ -290,7 +290,8 @@ def footnotes(threads, steps, repeat, min_time, rounds, per_round, versions, row
         "PyTorch (same split, normalisation, initial weights, batch order); test accuracy, "
         "difference in points.",
         f"  inference: median of >= {repeat} calls and >= {min_time:g} s after a warm-up; "
-        "cnn model.forward(training=False, need_cache=False); PyTorch eval() + inference_mode(); "
+        "cnn model.compile() (the inference plan, cnn.plan); PyTorch eval() + "
+        "inference_mode(); "
         "ONNX Runtime "
         "intra_op_num_threads="
         f"{threads}, inter_op 1, sequential"

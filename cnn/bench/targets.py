@@ -94,19 +94,21 @@ LATENCY_ORT_GOALS = {"convnet": ("<=", 1.5), "lenet5": ("<=", 1.5)}
 def rows_infer(arch, threads, repeat, min_time, have_torch, have_ort, batch=True,
                latency=True, peak=None, ort_missing="onnxruntime not installed"):
     """Rows: images/s at batch 64 and batch-1 latency of ``arch``: ours
-    (model.forward(training=False, need_cache=False), Cython backend) here, PyTorch's and ONNX
-    Runtime's in one child process. Each row has a goal against PyTorch and one
-    against ONNX Runtime (``ort_missing``: why there is no ORT figure when
-    ``have_ort`` is false), and its GFLOP/s as a share of ``peak``."""
+    (the inference plan ``model.compile()``, cnn.plan, which equals
+    model.forward(training=False); Cython backend) here, PyTorch's and ONNX
+    Runtime's (a prepared session, as the plan is) in one child process. Each row
+    has a goal against PyTorch and one against ONNX Runtime (``ort_missing``: why
+    there is no ORT figure when ``have_ort`` is false), and its GFLOP/s as a share
+    of ``peak``."""
     from cnn.architectures import build_architecture
     batches = ([64] if batch else []) + ([1] if latency else [])
     model = build_architecture(arch).build(seed=0, backend="cython", threads=threads)
+    plan = model.compile()
     rng = np.random.default_rng(0)
     ours = {}
     for b in batches:
         x = rng.standard_normal((b, 1, 28, 28)).astype(np.float32)
-        ours[b] = median_ms(lambda x=x: model.forward(x, training=False, need_cache=False),
-                            repeat, min_time)
+        ours[b] = median_ms(lambda x=x: plan(x), repeat, min_time)
     theirs = {b: {"torch": None, "torch-cl": None, "onnxrt": None} for b in batches}
     export = None
     if have_torch or have_ort:

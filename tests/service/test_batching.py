@@ -183,7 +183,7 @@ def test_a_failed_pass_answers_every_request_the_same_and_the_worker_goes_on(
 
     def broken(x, batch_size=256):
         raise RuntimeError("kernel exploded")
-    monkeypatch.setattr(served.model, "logits", broken)
+    monkeypatch.setattr(served.plan, "logits", broken)
     answers = queued_run(app, [(random_images(1, seed=i), None, e)
                                for i, e in enumerate(["predict", "v2", "predict"])])
     assert {status for status, _ in answers} == {500}
@@ -261,6 +261,7 @@ from tests.service.conftest import build_tiny
 
 class Served:
     name, lock, model = "tiny", FifoLock(), build_tiny()
+    plan = model.compile()
 
 served, passes = Served(), []
 batcher = Batcher(max_size=8, on_pass=lambda s, images, requests: passes.append(requests))
@@ -292,3 +293,27 @@ def test_greenlets_that_go_away_leave_the_queue_and_the_lead(tmp_path):
     r = subprocess.run([sys.executable, "-c", GEVENT_SCRIPT], cwd=ROOT, capture_output=True,
                        text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_predictions_run_the_compiled_plan_and_leave_the_model_untouched(make_app, models_dir,
+                                                                          tiny_model, batching):
+    """The service answers through each model's inference plan (cnn.plan), which
+    keeps nothing between calls: no layer of the loaded model holds a cache, and
+    the answers equal the model's own."""
+    app = make_app(models_dir, CNN_BATCHING=batching)
+    served = app.extensions["cnn"].registry.models["tiny"]
+    calls = []
+    original = served.plan.logits
+
+    def counting(x, batch_size=256):
+        calls.append(len(x))
+        return original(x, batch_size)
+    served.plan.logits = counting
+    for endpoint in ("predict", "v2"):
+        x = random_images(3, seed=len(calls))
+        status, proba = predict(app, x, endpoint=endpoint)
+        assert status == 200
+        np.testing.assert_allclose(proba, tiny_model.predict_proba(x), **TOL)
+    assert calls == [3, 3]
+    assert all(layer.cache is None for layer in served.model.layers)
