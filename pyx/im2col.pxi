@@ -217,11 +217,14 @@ cdef inline void conv_filter_block(const floating* x, const floating* w2, const 
                                    ConvGeometry* g) noexcept nogil:
     """o (f1 - f0, L) = w2[f0:f1] (w2 is (F, K)) @ cols of image x + b[f0:f1]: filters
     f0..f1-1 of one image's conv output, as the kernels hold it (rows of g.row
+    values); b NULL: without the bias (a caller that adds it later, to fewer
     values). Needs gemm.pxi included before this file."""
     cdef Py_ssize_t f, p, L = g.L
     image_cols(x, xp, cols, g)
-    for f in range(f1 - f0):
-        for p in range(L):
-            o[f * L + p] = b[f0 + f]
+    if b != NULL:
+        for f in range(f1 - f0):
+            for p in range(L):
+                o[f * L + p] = b[f0 + f]
     gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>g.K, <floating>1.0,
-                  w2 + f0 * g.K, <int>g.K, cols, <int>L, <floating>1.0, o, <int>L)
+                  w2 + f0 * g.K, <int>g.K, cols, <int>L,
+                  <floating>(0.0 if b == NULL else 1.0), o, <int>L)

@@ -174,6 +174,27 @@ def test_windows_without_a_positive_value_pass_no_gradient(backend):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_adds_the_bias_after_the_max_with_the_same_numbers(dtype):
+    """Inference's 2x2/2 loop computes the conv without its bias and adds it to each
+    window's max: the same numbers as training's forward, bit for bit, also where a
+    plane holds a NaN (redone with the exact rule on the biased plane) and where the
+    bias decides the relu (max + bias crossing 0)."""
+    ops = get_backend("cython")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 2, 6, 8)).astype(dtype)
+    x[1, 0, 2, 5] = np.nan
+    w = rng.standard_normal((4, 2, 3, 3)).astype(dtype)
+    b = np.array([0.7, -1.3, 2.5, -0.01], dtype)
+    for threads in (1, 2):
+        cached, _ = ops.conv2d_relu_maxpool2d_forward(x, w, b, 1, 1, threads=threads)
+        lean, _ = ops.conv2d_relu_maxpool2d_forward(x, w, b, 1, 1, threads=threads,
+                                                    need_cache=False)
+        np.testing.assert_array_equal(lean, cached)
+        assert np.isnan(lean[1]).any() and not np.isnan(lean[[0, 2]]).any()
+        assert (lean == 0).any() and (lean > 0).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ties_and_nan_follow_the_unfused_rules(dtype):
     """Equal maxima go to the last one; a NaN wins its window and stops the gradient."""
     ops, ref = get_backend("cython"), get_backend("naive")
