@@ -126,14 +126,17 @@ cdef void forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] 
     # relu_maxpool_plane_values); everything else gets it in the GEMM.
     cdef bint late_bias = (arg_per_thread and g.PKH == 2 and g.PKW == 2 and g.psh == 2
                            and g.psw == 2)
+    cdef const floating* gemm_bias = &b[0]
+    if late_bias:
+        gemm_bias = NULL
     for item in prange(N * filter_blocks, num_threads=loop_threads, schedule="static"):
         tid = threadid()
         n = item // filter_blocks
         f0 = (item % filter_blocks) * F // filter_blocks
         f1 = (item % filter_blocks + 1) * F // filter_blocks
         c = &conv[tid, 0, 0]
-        conv_filter_block(&x[n, 0, 0, 0], &w2[0, 0], NULL if late_bias else &b[0],
-                          &pad_work[tid, 0], &work[tid, 0, 0], c, f0, f1, &g.conv)
+        conv_filter_block(&x[n, 0, 0, 0], &w2[0, 0], gemm_bias, &pad_work[tid, 0],
+                          &work[tid, 0, 0], c, f0, f1, &g.conv)
         a = tid if arg_per_thread else n
         for f in range(f1 - f0):
             if late_bias:
