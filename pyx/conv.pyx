@@ -18,7 +18,7 @@ rebuild costs little next to the GEMMs and lands in the thread's L2, while the
 cache would hold K*N*P values per layer (14 MB for a 64-image batch of convnet's
 second layer).
 
-Stride 1 uses im2col.pxi's wide layout: cols come from a zero-padded copy of
+Stride 1 uses im2col.pxd's wide layout: cols come from a zero-padded copy of
 the image in C*KH*KW long memcpy calls, and the GEMM computes every column of
 the padded width, the few junk columns being dropped when out is copied from
 the thread's wide buffer (and zero in the wide copy of dout on the way back).
@@ -35,14 +35,22 @@ BLAS have the threads.
 """
 import numpy as np
 
+from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy, memset
 
-from cnn._checks import check_blas_sizes, check_conv2d, check_dout
+from gemm cimport gemm_rowmajor
+from im2col cimport (
+    ConvGeometry,
+    conv_filter_block,
+    conv_geometry,
+    image_col2im,
+    image_cols,
+)
+
 from cnn._blas_threads import blas_threads
+from cnn._checks import check_blas_sizes, check_conv2d, check_dout
 from cnn._threads import forward_split, split_threads
-
-include "gemm.pxi"
-include "im2col.pxi"
 
 
 cdef void conv2d_forward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,

@@ -39,15 +39,24 @@ scatter adds, and one thread owns the image.
 """
 import numpy as np
 
+from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.stdint cimport int64_t
+from libc.string cimport memset
 
-from cnn._checks import check_argmax, check_blas_sizes, check_conv_relu_pool, check_dout
+from gemm cimport gemm_rowmajor
+from im2col cimport (
+    ConvGeometry,
+    conv_filter_block,
+    conv_geometry,
+    image_col2im,
+    image_cols,
+)
+from maxpool_plane cimport maxpool_plane, maxpool_plane_exact
+
 from cnn._blas_threads import blas_threads
+from cnn._checks import check_argmax, check_blas_sizes, check_conv_relu_pool, check_dout
 from cnn._threads import forward_split, resolve_threads, split_threads
-
-include "gemm.pxi"
-include "im2col.pxi"
-include "maxpool_plane.pxi"
 
 
 cdef void relu_maxpool_plane(const floating* c, floating* out, int64_t* arg, Py_ssize_t Wc,
@@ -106,7 +115,7 @@ cdef bint relu_maxpool_plane_values(const floating* c, floating* out, Py_ssize_t
 
 
 cdef struct Geometry:
-    ConvGeometry conv      # see im2col.pxi
+    ConvGeometry conv      # see im2col.pxd
     Py_ssize_t PKH, PKW, psh, psw, Hp, Wp
 
 

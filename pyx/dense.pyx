@@ -29,13 +29,15 @@ whatever the thread count, so db does not depend on ``threads``.
 """
 import numpy as np
 
+from cython cimport floating
 from cython.parallel cimport prange
 
-from cnn._checks import check_blas_sizes, check_dense, check_dout
+from gemm cimport gemm_rowmajor
+
 from cnn._blas_threads import blas_threads
+from cnn._checks import check_blas_sizes, check_dense, check_dout
 from cnn._threads import GEMM_WORK_PER_THREAD, resolve_threads, threads_for
 
-include "gemm.pxi"
 
 # Columns of dout per db work item: 64 doubles = 512 bytes of accumulator, so
 # neighbouring threads rarely share a cache line and every row read is long.

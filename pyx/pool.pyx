@@ -40,10 +40,10 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
+from maxpool_plane cimport maxpool_plane, maxpool_plane_exact
+
 from cnn._checks import check_argmax, check_dout, check_pool2d
 from cnn._threads import POOL_WORK_PER_THREAD, threads_for
-
-include "maxpool_plane.pxi"
 
 
 cdef void maxpool_forward_kernel(const floating[:, :, ::1] x, floating[:, :, ::1] out,

@@ -37,15 +37,16 @@ should take it.
 """
 import numpy as np
 
+from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memset
 
-from cnn._checks import as_float_array, check_blas_sizes
+from gemm cimport gemm_rowmajor
+
 from cnn._blas_threads import blas_threads
+from cnn._checks import as_float_array, check_blas_sizes
 from cnn._threads import threads_for
 
-include "gemm.pxi"
-
-from libc.string cimport memset
 
 # L2 bytes a thread's V and M may take together: half of the smallest L2 of the
 # machines we run on (512 KiB on Zen 3), leaving room for U and the output.

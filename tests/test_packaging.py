@@ -72,10 +72,11 @@ def test_sdist_carries_the_kernel_sources_and_templates(sdist):
     clone, tarball = sdist
     members = sdist_members(tarball)
     # What setup.py builds from, what the package serves, what it imports.
-    needed = (git_files(clone, "pyx/*.pyx", "pyx/*.pxd", "pyx/*.pxi", "service/templates")
+    needed = (git_files(clone, "pyx/*.pyx", "pyx/*.pxd", "service/templates")
               | git_files(clone, "cnn/*.py", "service/*.py")
               | {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "CHANGELOG.md"})
     assert any(p.endswith(".pyx") for p in needed) and "service/templates/index.html" in needed
+    assert {"pyx/gemm.pxd", "pyx/im2col.pxd", "pyx/maxpool_plane.pxd"} <= needed
     missing = sorted(needed - members)
     assert not missing, f"the sdist lacks {missing}: add them to MANIFEST.in"
 

@@ -99,7 +99,7 @@ def test_thread_counts_agree(dtype, shape):
 ], ids=["one-row", "one-output", "one-input", "thread-slice-of-inputs"])
 # (A thread's one-column slice of the outputs, N=1400 D=2000 M=3, is in test_small_cases.)
 def test_gemv_branches(N, D, M, threads, dtype):
-    """Products with one row or one column of output go to GEMV (pyx/gemm.pxi), each
+    """Products with one row or one column of output go to GEMV (pyx/gemm.pxd), each
     way round; a thread's one-column block reads its column with a stride."""
     from cnn._threads import GEMM_WORK_PER_THREAD
     assert threads == 1 or N * D * M >= threads * GEMM_WORK_PER_THREAD

@@ -133,7 +133,7 @@ def test_small_cases_agree_with_numpy(small_cases):
 
 
 def test_the_threaded_dense_cases_really_use_their_threads():
-    """Thread blocks of one column (gemm.pxi's strided-x GEMV) need the product to be
+    """Thread blocks of one column (gemm.pxd's strided-x GEMV) need the product to be
     worth the threads: at least GEMM_WORK_PER_THREAD multiply-adds each."""
     from cnn._threads import GEMM_WORK_PER_THREAD
     for N, D, M, threads in DENSE_THREADED.values():

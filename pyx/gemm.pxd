@@ -1,6 +1,7 @@
 # Row-major GEMM on top of SciPy's Fortran (column-major) BLAS, for fused float/double.
-# Included textually by the modules that multiply matrices, so each keeps one
-# nogil call site and no cross-module cimport is needed.
+# Declarations with inline code, cimported (`from gemm cimport gemm_rowmajor`) by the
+# modules that multiply matrices, as scikit-learn's _cython_blas.pxd is: each module
+# compiles its own copy, so the call stays nogil with no cross-module C-API.
 #
 # A row-major (r, c) array is, to BLAS, a column-major (c, r) matrix: the
 # transpose. So C = op(A) @ op(B) in row-major is C^T = op(B)^T @ op(A)^T in

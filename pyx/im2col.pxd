@@ -1,5 +1,5 @@
 # im2col / col2im for one NCHW image, shared by the modules that run
-# convolutions as GEMMs (included textually, like gemm.pxi).
+# convolutions as GEMMs (cimported, inline code, like gemm.pxd).
 #
 # cols is (C*KH*KW, Hout*Wout): one row per filter tap in w's memory order
 # (c, kh, kw), one column per output pixel. Rows are filled a run of valid
@@ -7,6 +7,8 @@
 # falls outside x.
 from libc.string cimport memcpy, memset
 from cython cimport floating
+
+from gemm cimport gemm_rowmajor
 
 
 cdef inline Py_ssize_t first_valid(Py_ssize_t offset, Py_ssize_t stride) noexcept nogil:
@@ -26,10 +28,10 @@ cdef inline Py_ssize_t end_valid(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_
     return last if last < out else out
 
 
-cdef void im2col(const floating* x, floating* cols,
-                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
-                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                 Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
+cdef inline void im2col(const floating* x, floating* cols,
+                        Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                        Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
     """cols (C*KH*KW, Hout*Wout) from one image x (C, H, W); padding reads as 0."""
     cdef Py_ssize_t c, kh, kw, oh, ow, ih, ow_lo, ow_hi, oh_lo, oh_hi, iw0
     cdef floating* dst
@@ -64,10 +66,10 @@ cdef void im2col(const floating* x, floating* cols,
                 cols += Hout * Wout
 
 
-cdef void col2im(const floating* cols, floating* x,
-                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
-                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                 Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
+cdef inline void col2im(const floating* cols, floating* x,
+                        Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                        Py_ssize_t Hout, Py_ssize_t Wout) noexcept nogil:
     """Add cols (C*KH*KW, Hout*Wout) back into one image x (C, H, W), zeroed first.
 
     The adjoint of im2col: overlapping windows accumulate, padding is dropped.
@@ -111,9 +113,9 @@ cdef void col2im(const floating* cols, floating* x,
 # of the last row into the spare values, which is why a plane has KW - 1 of
 # them: every read stays inside the buffer.
 
-cdef void pad_image(const floating* x, floating* xp, Py_ssize_t C, Py_ssize_t H,
-                    Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wp,
-                    Py_ssize_t plane) noexcept nogil:
+cdef inline void pad_image(const floating* x, floating* xp, Py_ssize_t C, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wp,
+                           Py_ssize_t plane) noexcept nogil:
     """xp (C, plane) = x (C, H, W) zero-padded by ph rows and pw columns each side."""
     cdef Py_ssize_t c, i
     memset(xp, 0, C * plane * sizeof(floating))
@@ -123,9 +125,9 @@ cdef void pad_image(const floating* x, floating* xp, Py_ssize_t C, Py_ssize_t H,
                    W * sizeof(floating))
 
 
-cdef void unpad_image(const floating* xp, floating* x, Py_ssize_t C, Py_ssize_t H,
-                      Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wp,
-                      Py_ssize_t plane) noexcept nogil:
+cdef inline void unpad_image(const floating* xp, floating* x, Py_ssize_t C, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wp,
+                             Py_ssize_t plane) noexcept nogil:
     """x (C, H, W) = the interior of a padded xp (C, plane): pad_image's adjoint,
     which drops what landed on the padding."""
     cdef Py_ssize_t c, i
@@ -135,9 +137,9 @@ cdef void unpad_image(const floating* xp, floating* x, Py_ssize_t C, Py_ssize_t 
                    W * sizeof(floating))
 
 
-cdef void im2col_wide(const floating* xp, floating* cols, Py_ssize_t C, Py_ssize_t plane,
-                      Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
-                      Py_ssize_t Hout) noexcept nogil:
+cdef inline void im2col_wide(const floating* xp, floating* cols, Py_ssize_t C, Py_ssize_t plane,
+                             Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
+                             Py_ssize_t Hout) noexcept nogil:
     """cols (C*KH*KW, Hout*Wp) from a padded image xp (C, plane), stride 1."""
     cdef Py_ssize_t c, kh, kw, L = Hout * Wp
     for c in range(C):
@@ -147,9 +149,9 @@ cdef void im2col_wide(const floating* xp, floating* cols, Py_ssize_t C, Py_ssize
                 cols += L
 
 
-cdef void col2im_wide(const floating* cols, floating* xp, Py_ssize_t C, Py_ssize_t plane,
-                      Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
-                      Py_ssize_t Hout) noexcept nogil:
+cdef inline void col2im_wide(const floating* cols, floating* xp, Py_ssize_t C, Py_ssize_t plane,
+                             Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
+                             Py_ssize_t Hout) noexcept nogil:
     """Add cols (C*KH*KW, Hout*Wp) into a padded image xp (C, plane), zeroed first:
     im2col_wide's adjoint. Junk columns must hold zeros (their dout was zero)."""
     cdef Py_ssize_t c, kh, kw, i, L = Hout * Wp
@@ -218,7 +220,7 @@ cdef inline void conv_filter_block(const floating* x, const floating* w2, const 
     """o (f1 - f0, L) = w2[f0:f1] (w2 is (F, K)) @ cols of image x + b[f0:f1]: filters
     f0..f1-1 of one image's conv output, as the kernels hold it (rows of g.row
     values); b NULL: without the bias (a caller that adds it later, to fewer
-    values). Needs gemm.pxi included before this file."""
+    values)."""
     cdef Py_ssize_t f, p, L = g.L
     image_cols(x, xp, cols, g)
     if b != NULL:

@@ -1,5 +1,5 @@
 # Max pooling of one (H, W) plane, shared by pool.pyx and conv_relu_pool.pyx
-# (included textually, like gemm.pxi). The tie and NaN rules are pool.pyx's
+# (cimported, inline code, like gemm.pxd). The tie and NaN rules are pool.pyx's
 # (see its module comment): the last maximum in row-major window order wins,
 # a NaN beats every number, and arg gets the flat index of the winner.
 from cython cimport floating
@@ -14,10 +14,10 @@ cdef inline bint beats(floating v, floating best) noexcept nogil:
     return v >= best or v != v
 
 
-cdef void maxpool_plane_exact(const floating* x, floating* out, int64_t* arg,
-                              Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
-                              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
-                              Py_ssize_t Wout) noexcept nogil:
+cdef inline void maxpool_plane_exact(const floating* x, floating* out, int64_t* arg,
+                                     Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
+                                     Py_ssize_t Wout) noexcept nogil:
     """out, arg (Hout, Wout) from one plane x (H, W), one window at a time, NaN rule
     included. Branchy, so only used for the rare plane that holds a NaN."""
     cdef Py_ssize_t i, j, kh, kw, base, row
@@ -39,10 +39,10 @@ cdef void maxpool_plane_exact(const floating* x, floating* out, int64_t* arg,
             arg[i * Wout + j] = at
 
 
-cdef bint maxpool_plane(const floating* x, floating* out, int64_t* arg,
-                        Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
-                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
-                        Py_ssize_t Wout) noexcept nogil:
+cdef inline bint maxpool_plane(const floating* x, floating* out, int64_t* arg,
+                               Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW,
+                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Hout,
+                               Py_ssize_t Wout) noexcept nogil:
     """out, arg (Hout, Wout) from one plane x (H, W), NaN aside; True if x had a NaN.
 
     The running max takes every value >= it, so the last max in row-major
