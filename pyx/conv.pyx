@@ -39,14 +39,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from gemm cimport gemm_rowmajor
-from im2col cimport (
-    ConvGeometry,
-    conv_filter_block,
-    conv_geometry,
-    image_col2im,
-    image_cols,
-)
+from im2col cimport ConvGeometry, conv_filter_block, conv_geometry, conv_image_backward
 
 from cnn._blas_threads import blas_threads
 from cnn._checks import check_blas_sizes, check_conv2d, check_dout
@@ -89,7 +82,7 @@ cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[
     """dx[n] = col2im(w2.T @ dout[n]) when need_dx; thread t adds its images' dw, db
     into part t. In the wide layout dout[n] is first spread into the thread's
     wide_dout (F, L) with zeros in the junk columns."""
-    cdef Py_ssize_t N = x.shape[0], F = g.F, K = g.K, L = g.L, Hc = g.Hc, Wc = g.Wc
+    cdef Py_ssize_t N = x.shape[0], F = g.F, L = g.L, Hc = g.Hc, Wc = g.Wc
     cdef Py_ssize_t n, f, p, oh
     cdef int tid
     cdef floating* cols
@@ -115,13 +108,8 @@ cdef void conv2d_backward_kernel(const floating[:, :, :, ::1] x, const floating[
                     memcpy(dw + f * L + oh * g.row, d + (f * Hc + oh) * Wc,
                            Wc * sizeof(floating))
             d = dw
-        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g)
-        gemm_rowmajor(False, True, <int>F, <int>K, <int>L, <floating>1.0, d, <int>L,
-                      cols, <int>L, <floating>1.0, &dw_parts[tid, 0, 0], <int>K)
-        if need_dx:
-            gemm_rowmajor(True, False, <int>K, <int>L, <int>F, <floating>1.0, &w2[0, 0],
-                          <int>K, d, <int>L, <floating>0.0, dcols, <int>L)
-            image_col2im(dcols, &pad_work[tid, 0], &dx[n, 0, 0, 0], &g)
+        conv_image_backward(&x[n, 0, 0, 0], &w2[0, 0], d, &dw_parts[tid, 0, 0],
+                            &dx[n, 0, 0, 0], &pad_work[tid, 0], cols, dcols, need_dx, &g)
 
 
 def conv2d_forward(x, w, b, stride=1, pad=0, *, threads=None):

@@ -44,14 +44,7 @@ from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from gemm cimport gemm_rowmajor
-from im2col cimport (
-    ConvGeometry,
-    conv_filter_block,
-    conv_geometry,
-    image_col2im,
-    image_cols,
-)
+from im2col cimport ConvGeometry, conv_filter_block, conv_geometry, conv_image_backward
 from maxpool_plane cimport maxpool_plane, maxpool_plane_exact
 
 from cnn._blas_threads import blas_threads
@@ -177,9 +170,10 @@ cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1]
                           floating[:, :, ::1] work, floating[:, :, ::1] dconv_work,
                           floating[:, :, ::1] dwork, Geometry g, bint need_dx,
                           int loop_threads) noexcept nogil:
-    """Scatter dout[n] through arg into dconv (F, L), then conv2d's backward for image n;
-    thread t adds its images' dw, db into part t."""
-    cdef Py_ssize_t N = x.shape[0], F = g.conv.F, K = g.conv.K, L = g.conv.L
+    """Scatter dout[n] through arg into dconv (F, L), then the convolution's backward
+    for image n (conv_image_backward, as conv.pyx); thread t adds its images' dw, db
+    into part t."""
+    cdef Py_ssize_t N = x.shape[0], F = g.conv.F, L = g.conv.L
     cdef Py_ssize_t Q = dout.shape[2]
     cdef Py_ssize_t n, f, q, a
     cdef int tid
@@ -201,13 +195,9 @@ cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1]
                     dconv[f * L + a] += dout[n, f, q]
                     acc = acc + dout[n, f, q]
             db_parts[tid, f] += acc
-        image_cols(&x[n, 0, 0, 0], &pad_work[tid, 0], cols, &g.conv)
-        gemm_rowmajor(False, True, <int>F, <int>K, <int>L, <floating>1.0, dconv, <int>L,
-                      cols, <int>L, <floating>1.0, &dw_parts[tid, 0, 0], <int>K)
-        if need_dx:
-            gemm_rowmajor(True, False, <int>K, <int>L, <int>F, <floating>1.0, &w2[0, 0],
-                          <int>K, dconv, <int>L, <floating>0.0, dcols, <int>L)
-            image_col2im(dcols, &pad_work[tid, 0], &dx[n, 0, 0, 0], &g.conv)
+        conv_image_backward(&x[n, 0, 0, 0], &w2[0, 0], dconv, &dw_parts[tid, 0, 0],
+                            &dx[n, 0, 0, 0], &pad_work[tid, 0], cols, dcols, need_dx,
+                            &g.conv)
 
 
 cdef Geometry geometry(tuple x_shape, tuple w_shape, stride, pad, conv_size, pool_kernel,

@@ -230,3 +230,23 @@ cdef inline void conv_filter_block(const floating* x, const floating* w2, const 
     gemm_rowmajor(False, False, <int>(f1 - f0), <int>L, <int>g.K, <floating>1.0,
                   w2 + f0 * g.K, <int>g.K, cols, <int>L,
                   <floating>(0.0 if b == NULL else 1.0), o, <int>L)
+
+
+cdef inline void conv_image_backward(const floating* x, const floating* w2,
+                                     const floating* dconv, floating* dw, floating* dx,
+                                     floating* xp, floating* cols, floating* dcols,
+                                     bint need_dx, ConvGeometry* g) noexcept nogil:
+    """One image's part of a convolution's backward pass, from the gradient of its
+    conv output dconv (F, L), held as the kernels hold the output (in the wide
+    layout, zeros in the junk columns): dw (F, K) += dconv @ cols.T and, with
+    need_dx, dx (C, H, W) = col2im(w2.T @ dconv). conv_filter_block's backward,
+    shared by conv.pyx and conv_relu_pool.pyx, which differ only in how they
+    make dconv. xp, cols (K, L) and dcols (K, L) are the thread's scratch."""
+    cdef Py_ssize_t F = g.F, K = g.K, L = g.L
+    image_cols(x, xp, cols, g)
+    gemm_rowmajor(False, True, <int>F, <int>K, <int>L, <floating>1.0, dconv, <int>L,
+                  cols, <int>L, <floating>1.0, dw, <int>K)
+    if need_dx:
+        gemm_rowmajor(True, False, <int>K, <int>L, <int>F, <floating>1.0, w2, <int>K,
+                      dconv, <int>L, <floating>0.0, dcols, <int>L)
+        image_col2im(dcols, xp, dx, g)
