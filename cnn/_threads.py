@@ -97,15 +97,24 @@ def resolve_threads(threads):
 # How much work a thread must get before a second one is worth waking, one
 # constant per kind of kernel. Waking a sleeping thread costs tens of
 # microseconds (OMP_WAIT_POLICY=PASSIVE, see cnn/__init__.py), and on a busy
-# machine a parallel region can wait a whole scheduler tick for it.
+# machine a parallel region can wait a whole scheduler tick for it. On the
+# 2-core VMs a 2-thread ReLU of 131,072 values took 120-170 us against 38-42 us
+# on one thread (the wake alone ~100 us); with spinning threads
+# (OMP_WAIT_POLICY=ACTIVE, which a user sets for a machine of its own) it took
+# 21-28 us against 27-42.
+
+# True when the user asked for spinning threads (cnn's default is PASSIVE).
+SPINNING = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "ACTIVE"
 
 # Elements of memory-bound work (batchnorm, softmax).
 MIN_WORK_PER_THREAD = 32768
 
 # Multiply-adds of GEMM (dense, and the filter blocks of a convolution's forward
 # pass): ~100 us of single-threaded SGEMM. One image through convnet took 0.40 ms
-# with its conv2 and dense1 split over 2 threads, 0.26 ms on one.
-GEMM_WORK_PER_THREAD = 1 << 22
+# with its conv2 and dense1 split over 2 threads, 0.26 ms on one. With spinning
+# threads a sixteenth of that pays: convnet's inference plan at batch 1 went
+# from 320-340 us to 219-269 us with conv2 split (Intel Xeon, 2 threads).
+GEMM_WORK_PER_THREAD = 1 << 18 if SPINNING else 1 << 22
 # Elements of ReLU (forward or backward): a pass over memory with one compare each.
 RELU_WORK_PER_THREAD = 65536
 # Elements of pooling input: a few compares or adds each, planes split between threads.

@@ -1,4 +1,6 @@
 """The thread policy (cnn._threads.threads_for) and the kernels that follow it."""
+import os
+
 import pytest
 
 from cnn import _threads
@@ -64,3 +66,23 @@ def test_compiled_kernels_follow_the_policy(threads):
     for planes, size in [(1, 10**6), (3, 10**6), (64, 1000), (64, 10**6), (640, 10**7)]:
         assert pool._loop_threads(threads, planes, size) == \
             min(threads_for(threads, size, POOL_WORK_PER_THREAD), planes), (planes, size)
+
+
+@pytest.mark.parametrize("policy, spinning", [(None, False), ("PASSIVE", False),
+                                              ("ACTIVE", True), (" active ", True)])
+def test_spinning_threads_take_smaller_gemm_shares(policy, spinning):
+    """OMP_WAIT_POLICY=ACTIVE (the user's choice; cnn defaults to PASSIVE) makes
+    waking a thread cheap, so a sixteenth of the GEMM work is worth a second one:
+    convnet's second layer on one image is then cut into filter blocks."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    code = ("import cnn._threads as t, cnn._dense as d; "
+            "print(t.SPINNING, t.GEMM_WORK_PER_THREAD, d.GEMM_WORK_PER_THREAD, "
+            "t.forward_split(2, 1, 64, 288 * 14 * 16)[0])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    size = 1 << 18 if spinning else 1 << 22
+    assert out == [str(spinning), str(size), str(size), "2" if spinning else "1"]
