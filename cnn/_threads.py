@@ -113,7 +113,7 @@ MIN_WORK_PER_THREAD = 32768
 # pass): ~100 us of single-threaded SGEMM. One image through convnet took 0.40 ms
 # with its conv2 and dense1 split over 2 threads, 0.26 ms on one. With spinning
 # threads a sixteenth of that pays: convnet's inference plan at batch 1 went
-# from 320-340 us to 219-269 us with conv2 split (Intel Xeon, 2 threads).
+# from 310 to 233 us (medians) with conv2 split (Intel Xeon, 2 threads).
 GEMM_WORK_PER_THREAD = 1 << 18 if SPINNING else 1 << 22
 # Elements of ReLU (forward or backward): a pass over memory with one compare each.
 RELU_WORK_PER_THREAD = 65536
