@@ -187,7 +187,11 @@ def _snapshot(model, threads):
     twin.fuse = model.fuse
     for name, value in vars(model).items():    # what loading added: meta, path, ...
         if name not in vars(twin):
-            setattr(twin, name, copy.deepcopy(value))
+            try:
+                value = copy.deepcopy(value)
+            except Exception:  # noqa: BLE001 - not copyable (a handle): shared, read-only here
+                pass
+            setattr(twin, name, value)
     return twin
 
 

@@ -273,3 +273,12 @@ def test_prepared_steps_refuse_bad_input_and_bad_geometry():
         dense(np.ones((2, 4), np.float32))
     with pytest.raises(ValueError, match="one bias per output"):
         ops.DensePlan(np.ones((3, 5), np.float32), np.zeros(4, np.float32))
+
+
+def test_plan_of_a_model_holding_something_that_cannot_be_copied():
+    model = built("lenet5")
+    model.handle = threading.Lock()       # e.g. a communicator a caller hung on the model
+    plan = model.compile()
+    assert plan.model.handle is model.handle
+    x = batch(model, 2)
+    np.testing.assert_array_equal(plan(x), model.forward(x, training=False, need_cache=False))
