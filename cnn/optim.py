@@ -8,6 +8,11 @@ import math
 
 import numpy as np
 
+try:  # the compiled updates (pyx/optim.pyx); without them, NumPy's
+    from cnn._optim import adam_update as _adam_update, sgd_update as _sgd_update
+except ImportError:
+    _adam_update = _sgd_update = None
+
 
 class Optimizer:
     def __init__(self, model, lr, weight_decay=0.0):
@@ -16,6 +21,7 @@ class Optimizer:
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         self.params = model.parameters()
+        self.threads = getattr(model, "threads", None)   # for the compiled update
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.steps = 0
@@ -69,6 +75,11 @@ class SGD(Optimizer):
             param -= lr * grad
             return
         v = self.slot("velocity", key, param)
+        if _sgd_update is not None and grad.flags.c_contiguous and grad.dtype == param.dtype:
+            # one pass over memory, the same numbers as below (pyx/optim.pyx)
+            _sgd_update(param, grad, v, lr=self.lr, momentum=self.momentum,
+                        nesterov=self.nesterov, threads=self.threads)
+            return
         v *= param.dtype.type(self.momentum)
         v += grad
         step = grad + param.dtype.type(self.momentum) * v if self.nesterov else v
@@ -92,17 +103,29 @@ class Adam(Optimizer):
         return super()._grad(key, param, grads, name)
 
     def update(self, key, param, grad):
-        t = param.dtype.type
         m = self.slot("m", key, param)
         v = self.slot("v", key, param)
+        c1 = 1 - self.beta1 ** self.steps
+        c2 = 1 - self.beta2 ** self.steps
+        decay = (1 - self.lr * self.weight_decay
+                 if self.decoupled and self.weight_decay and param.ndim > 1 else None)
+        if _adam_update is not None and grad.flags.c_contiguous and grad.dtype == param.dtype:
+            # one pass over memory, the same numbers as below (pyx/optim.pyx)
+            _adam_update(param, grad, m, v, beta1=self.beta1, beta2=self.beta2,
+                         step=self.lr / c1, c2=c2, eps=self.eps, decay=decay,
+                         threads=self.threads)
+            return
+        self.update_numpy(param, grad, m, v, c1, c2, decay)
+
+    def update_numpy(self, param, grad, m, v, c1, c2, decay):
+        """The update in NumPy: the kernel's twin (and the path without it)."""
+        t = param.dtype.type
         m *= t(self.beta1)
         m += t(1 - self.beta1) * grad
         v *= t(self.beta2)
         v += t(1 - self.beta2) * grad * grad
-        c1 = 1 - self.beta1 ** self.steps
-        c2 = 1 - self.beta2 ** self.steps
-        if self.decoupled and self.weight_decay and param.ndim > 1:
-            param *= t(1 - self.lr * self.weight_decay)
+        if decay is not None:
+            param *= t(decay)
         param -= t(self.lr / c1) * m / (np.sqrt(v / t(c2)) + t(self.eps))
 
 

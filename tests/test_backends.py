@@ -288,3 +288,10 @@ def test_kernels_found_but_not_loading_warn_at_the_fallback(monkeypatch):
     with pytest.warns(cnn.backends.KernelsNotBuiltWarning, match="failed to load"):
         assert get_backend() is module("python")
     assert "failed to load" in cnn.backends.fallback_note()
+
+
+def test_kernel_modules_name_every_pyx():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    built = {f"cnn._{p.stem}" for p in (root / "pyx").glob("*.pyx")}
+    assert set(cnn.backends.KERNEL_MODULES) == built

@@ -311,3 +311,91 @@ def test_cosine_matches_formula():
     s = Schedule(1.0, "cosine", epochs=3)
     for p in (0.3, 1.1, 2.7):
         assert s(p) == pytest.approx(0.5 * (1 + math.cos(math.pi * p / 3)))
+
+
+# -- the compiled Adam update (pyx/optim.pyx) against its NumPy twin ----------------
+def random_params(dtype, seed):
+    rng = np.random.default_rng(seed)
+    model = Params(w=rng.standard_normal((37, 129)), b=rng.standard_normal(37),
+                   big=rng.standard_normal(70_001), empty=np.zeros((0, 3)))
+    for k, v in model.arrays.items():
+        model.arrays[k] = v.astype(dtype)
+        model.grads[k] = np.zeros_like(model.arrays[k])
+    return model, rng
+
+
+COMPILED_UPDATES = {
+    "adam": lambda m: Adam(m, lr=3e-3),
+    "adam-l2": lambda m: Adam(m, lr=3e-3, weight_decay=0.01),
+    "adamw": lambda m: Adam(m, lr=3e-3, weight_decay=0.05, decoupled=True),
+    "sgd-nesterov": lambda m: SGD(m, lr=0.01, momentum=0.9, nesterov=True),
+    "sgd-momentum-l2": lambda m: SGD(m, lr=0.01, momentum=0.8, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", sorted(COMPILED_UPDATES))
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_compiled_updates_equal_the_numpy_updates_bit_for_bit(dtype, kind, threads,
+                                                              monkeypatch):
+    import cnn.optim as optim
+    assert optim._adam_update is not None and optim._sgd_update is not None   # built
+    runs = {}
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(optim, "_adam_update", None)
+            monkeypatch.setattr(optim, "_sgd_update", None)
+        model, rng = random_params(dtype, seed=5)
+        opt = COMPILED_UPDATES[kind](model)
+        opt.threads = threads
+        for _ in range(7):
+            for g in model.grads.values():
+                g[...] = rng.standard_normal(g.shape) * rng.choice([1e-6, 1.0, 1e3])
+            opt.step()
+        runs[compiled] = (model.arrays, opt.slots)
+        monkeypatch.undo()
+    (p1, s1), (p0, s0) = runs[True], runs[False]
+    assert s1.keys() == s0.keys() and s1
+    for k in p1:
+        np.testing.assert_array_equal(p1[k], p0[k], err_msg=k)
+        assert p1[k].dtype == np.dtype(dtype)
+        for slot in s1:
+            np.testing.assert_array_equal(s1[slot][f"0.{k}"], s0[slot][f"0.{k}"])
+
+
+@pytest.mark.parametrize("make", [lambda m: Adam(m, lr=1e-2),
+                                  lambda m: SGD(m, lr=1e-2, momentum=0.9)])
+def test_a_strided_gradient_takes_the_numpy_update(make):
+    model, rng = random_params(np.float32, seed=1)
+    twin, _ = random_params(np.float32, seed=1)
+    a, b = make(model), make(twin)
+    g = rng.standard_normal((37, 258)).astype(np.float32)[:, ::2]     # not contiguous
+    model.grads["w"], twin.grads["w"] = g, np.ascontiguousarray(g)
+    a.step()
+    b.step()
+    np.testing.assert_array_equal(model.arrays["w"], twin.arrays["w"])
+
+
+def test_compiled_updates_refuse_mismatched_arrays():
+    from cnn._optim import adam_update, sgd_update
+    p = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="velocity must have param's dtype and shape"):
+        sgd_update(p, p.copy(), np.zeros(3, np.float32), lr=0.1, momentum=0.9)
+    ok = dict(beta1=0.9, beta2=0.999, step=1e-3, c2=1e-3, eps=1e-8)
+    with pytest.raises(ValueError, match="grad must have param's dtype and shape"):
+        adam_update(p, np.zeros(5, np.float32), np.zeros(4, np.float32),
+                    np.zeros(4, np.float32), **ok)
+    with pytest.raises(ValueError, match="m must have param's dtype and shape"):
+        adam_update(p, np.zeros(4, np.float32), np.zeros(4, np.float64),
+                    np.zeros(4, np.float32), **ok)
+    with pytest.raises(ValueError, match="v must be C-contiguous"):
+        adam_update(p, np.zeros(4, np.float32), np.zeros(4, np.float32),
+                    np.zeros(8, np.float32)[::2], **ok)
+    with pytest.raises(TypeError, match="param must be float32 or float64"):
+        adam_update(np.zeros(4, np.int32), p, p, p, **ok)
+    with pytest.raises(TypeError, match="grad must be a numpy array"):
+        adam_update(p, [0.0] * 4, p, p, **ok)
+    frozen = np.zeros(4, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="v must be writeable"):
+        adam_update(p, p.copy(), p.copy(), frozen, **ok)

@@ -75,9 +75,11 @@ _MODULES = {"cython": "cnn.backends.cython", "python": "cnn.backends.python",
             "naive": "cnn.backends.naive"}
 
 
-# The compiled modules of pyx/, one per .pyx (what cnn.backends.cython imports).
+# The compiled modules of pyx/, one per .pyx (what cnn.backends.cython imports, and
+# the optimizers' updates, cnn.optim).
 KERNEL_MODULES = ("cnn._conv", "cnn._conv_relu_pool", "cnn._pool", "cnn._relu",
-                  "cnn._dense", "cnn._softmax", "cnn._batchnorm")
+                  "cnn._dense", "cnn._softmax", "cnn._batchnorm", "cnn._winograd",
+                  "cnn._optim")
 BUILD_HINT = "build them with `pip install -e .` in the project folder"
 
 
