@@ -26,10 +26,12 @@ before it runs it:
 
 A call checks the input once, sets BLAS to one thread once (every kernel runs its
 GEMMs single-threaded inside its own OpenMP loop) and makes one Python call per
-step; the prepared kernels run without the GIL. The plan keeps nothing from one
-call to the next, so calls from several threads are safe (a prepared step whose
-workspace is in use takes a fresh one). On the python and naive backends every
-step is its layer's forward: the plan still works, with nothing prepared.
+step; the prepared kernels run without the GIL. No call's result depends on an
+earlier call, so calls from several threads are safe (a prepared step whose
+workspace is in use takes a fresh one); a step that runs its layer's own forward
+leaves that layer's cache on the plan's copy, never read back. On the python and
+naive backends every step is its layer's forward: the plan still works, with
+nothing prepared.
 
 The result equals ``model.forward(x, training=False)``: the same kernels in the
 same order on the same numbers (tests/test_plan.py checks every architecture

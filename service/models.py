@@ -85,7 +85,7 @@ class ServedModel:
         self.file = self.key = file or os.path.basename(path)   # relative to the folder
         self.model = model
         # What the forward passes run: the model prepared once (cnn.plan), a
-        # snapshot of its weights, which keeps nothing between calls.
+        # snapshot of its weights, whose answers never depend on an earlier call.
         self.plan = model.compile()
         self.lock = lock if lock is not None else threading.Lock()
         meta = model.meta or {}
