@@ -296,13 +296,15 @@ class Sequential:
                                             need_cache=False)
                                for i in range(0, len(x), batch_size)])
 
-    def compile(self, threads: int | None = None) -> "InferencePlan":
+    def compile(self, threads: int | None = None, copy: bool = True) -> "InferencePlan":
         """This model prepared for inference (cnn.plan.InferencePlan): weights
         copied, kernels' geometry, thread split and workspaces worked out once;
         ``plan(x)`` equals ``forward(x, training=False)``. ``threads``: kernel
-        threads (None: the model's)."""
+        threads (None: the model's). ``copy=False``: the plan uses this model's
+        own arrays and layers instead of a snapshot, for a model that will not
+        change (a served one), which saves a second copy of every weight."""
         from cnn.plan import InferencePlan
-        return InferencePlan(self, threads)
+        return InferencePlan(self, threads, copy=copy)
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for raw pixels."""

@@ -37,7 +37,7 @@ The result equals ``model.forward(x, training=False)``: the same kernels in the
 same order on the same numbers (tests/test_plan.py checks every architecture
 and layer type, float32 and float64, thread counts 1, 2 and 4).
 """
-import copy
+from copy import deepcopy
 
 import numpy as np
 
@@ -64,9 +64,7 @@ class ConvStep:
     def __init__(self, ops, conv, pool, w, b, input_shape, threads):
         self.im2col = ops.ConvReLUPoolPlan(w, b, input_shape, conv.stride, conv.pad,
                                            pool.kernel, pool.stride, threads=threads)
-        # Winograd's choice for a batch large enough: fits() with a batch of MIN_IMAGES
-        big_batch = (winograd.MIN_IMAGES,) + tuple(input_shape)
-        self.winograd = winograd.fits(conv, pool, big_batch, ops)
+        self.winograd = winograd.layer_fits(conv, pool, tuple(input_shape), ops)
         self.winograd_forward = ops.winograd_conv2d_forward if self.winograd else None
         self.U = ops.winograd_filters(w, 2) if self.winograd else None
         self.b = np.array(b)
@@ -74,7 +72,7 @@ class ConvStep:
         self.threads = threads
 
     def __call__(self, x):
-        if self.winograd and len(x) >= winograd.MIN_IMAGES:
+        if self.winograd and winograd.enough_images(len(x)):
             return self.winograd_forward(x, self.U, self.b, self.pad, m=2, pool=True,
                                          threads=self.threads)
         return self.im2col.run(x)
@@ -86,13 +84,23 @@ def _flatten(x):
 
 class InferencePlan:
     """``model`` prepared for inference with ``threads`` kernel threads (None: the
-    model's); see the module docstring."""
+    model's); see the module docstring. ``copy=False`` prepares the model itself,
+    not a snapshot: no second copy of the weights, for a model nothing changes
+    (the service's); the plan then sees in-place changes of the convolution and
+    dense weights but not of what it derived from them (folded batch norms,
+    Winograd filters), so compile again after training."""
 
-    def __init__(self, model, threads=None):
+    def __init__(self, model, threads=None, copy=True):
         if model.output_shape is None:
             raise RuntimeError("the model is not built: call build() or use cnn.load_model()")
         self.threads = model.threads if threads is None else threads
-        self.model = _snapshot(model, self.threads)
+        if copy:
+            self.model = _snapshot(model, self.threads)
+        elif self.threads != model.threads:
+            raise ValueError(f"copy=False runs the model's own layers, on its threads "
+                             f"({model.threads}): threads={threads!r} needs copy=True")
+        else:
+            self.model = model
         self.input_shape = self.model.input_shape
         self.dtype = self.model.dtype or np.dtype(np.float32)
         self.steps = []            # one callable per step: x -> the step's output
@@ -185,12 +193,12 @@ def _snapshot(model, threads):
     twin = type(model).from_config(model.config(), class_names=model.class_names)
     twin.build(dtype=model.dtype or np.float32, backend=model.backend, threads=threads)
     twin.load_state(model.state())
-    twin.normalization = copy.deepcopy(model.normalization)
+    twin.normalization = deepcopy(model.normalization)
     twin.fuse = model.fuse
     for name, value in vars(model).items():    # what loading added: meta, path, ...
         if name not in vars(twin):
             try:
-                value = copy.deepcopy(value)
+                value = deepcopy(value)
             except Exception:  # noqa: BLE001 - not copyable (a handle): shared, read-only here
                 pass
             setattr(twin, name, value)

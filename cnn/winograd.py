@@ -38,14 +38,27 @@ def enabled():
 
 
 def fits(conv, pool, x_shape, ops):
-    """Whether the fused step (conv, pool) on input x_shape takes the Winograd path."""
+    """Whether the fused step (conv, pool) on input x_shape takes the Winograd path:
+    the layer fits it and the batch is large enough."""
+    return (len(x_shape) == 4 and enough_images(x_shape[0])
+            and layer_fits(conv, pool, x_shape[1:], ops))
+
+
+def layer_fits(conv, pool, image_shape, ops):
+    """Whether the fused step (conv, pool) on images of image_shape (C, H, W) takes
+    the Winograd path for batches of enough images (cnn.plan decides this once)."""
     if not hasattr(ops, "winograd_conv2d_forward") or not enabled():
         return False
     (ph, pw) = conv.pad
     return (conv.kernel == (3, 3) and conv.stride == (1, 1) and ph == pw and ph <= 2
             and pool.kernel == (2, 2) and pool.stride == (2, 2)
-            and len(x_shape) == 4 and x_shape[1] >= MIN_CHANNELS and x_shape[0] >= MIN_IMAGES
-            and x_shape[2] + 2 * ph >= 4 and x_shape[3] + 2 * pw >= 4)
+            and len(image_shape) == 3 and image_shape[0] >= MIN_CHANNELS
+            and image_shape[1] + 2 * ph >= 4 and image_shape[2] + 2 * pw >= 4)
+
+
+def enough_images(n):
+    """Whether a batch of n images is worth Winograd's transforms."""
+    return n >= MIN_IMAGES
 
 
 def conv_relu_pool_inference(conv, pool, x, w, b, filters):

@@ -163,6 +163,29 @@ cdef void forward_nogil(const floating[:, :, :, ::1] x, const floating[:, ::1] w
                        filter_blocks, loop_threads)
 
 
+cdef tuple forward_workspace(Geometry* g, Py_ssize_t threads, dtype, Py_ssize_t arg_rows):
+    """(pad_work, work, conv, arg): each of ``threads`` threads' padded image, cols
+    and conv output, and the argmax, ``arg_rows`` planes of it (every image's when
+    kept, else one scratch per thread). What the forward pass and a prepared
+    ConvReLUPoolPlan allocate."""
+    return (np.empty((threads, g.conv.C * g.conv.plane), dtype=dtype),
+            np.empty((threads, g.conv.K, g.conv.L), dtype=dtype),
+            np.empty((threads, g.conv.F, g.conv.L), dtype=dtype),
+            np.empty((arg_rows, g.conv.F, g.Hp * g.Wp), dtype=np.int64))
+
+
+cdef run_forward(x, w2, b, out, bint arg_per_thread, tuple workspace, Geometry g,
+                 Py_ssize_t filter_blocks, int loop_threads):
+    """forward_nogil for x's dtype, with the arrays of ``forward_workspace``."""
+    pad_work, work, conv, arg = workspace
+    if x.dtype == np.float32:
+        forward_nogil[float](x, w2, b, out, arg, arg_per_thread, pad_work, work, conv, g,
+                             filter_blocks, loop_threads)
+    else:
+        forward_nogil[double](x, w2, b, out, arg, arg_per_thread, pad_work, work, conv, g,
+                              filter_blocks, loop_threads)
+
+
 cdef void backward_kernel(const floating[:, :, :, ::1] x, const floating[:, ::1] w2,
                           const floating[:, :, ::1] dout, const int64_t[:, :, ::1] arg,
                           floating[:, :, :, ::1] dx, floating[:, :, ::1] dw_parts,
@@ -230,22 +253,14 @@ def conv2d_relu_maxpool2d_forward(x, w, b, stride=1, pad=0, pool_kernel=2, pool_
     keep_arg = bool(need_cache)
     out = np.empty((N, F, Q), dtype=x.dtype)
     # Inference keeps no argmax: each thread reuses one image's worth of scratch.
-    arg = np.empty(((N if keep_arg else loop_threads), F, Q), dtype=np.int64)
-    pad_work = np.empty((loop_threads, g.conv.C * g.conv.plane), dtype=x.dtype)
-    work = np.empty((loop_threads, g.conv.K, g.conv.L), dtype=x.dtype)
-    conv = np.empty((loop_threads, F, g.conv.L), dtype=x.dtype)
-    w2 = w.reshape(F, g.conv.K)
+    workspace = forward_workspace(&g, loop_threads, x.dtype, N if keep_arg else loop_threads)
     with blas_threads(1):
-        if x.dtype == np.float32:
-            forward_nogil[float](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
-                                 filter_blocks, loop_threads)
-        else:
-            forward_nogil[double](x, w2, b, out, arg, not keep_arg, pad_work, work, conv, g,
-                                  filter_blocks, loop_threads)
+        run_forward(x, w.reshape(F, g.conv.K), b, out, not keep_arg, workspace, g,
+                    filter_blocks, loop_threads)
     out = out.reshape(N, F, g.Hp, g.Wp)
     if not keep_arg:
         return out, None
-    return out, (x, w, b, stride, pad, pool_kernel, pool_stride, arg.reshape(out.shape))
+    return out, (x, w, b, stride, pad, pool_kernel, pool_stride, workspace[3].reshape(out.shape))
 
 
 def conv2d_relu_maxpool2d_backward(dout, cache, *, threads=None, need_dx=True):
@@ -343,17 +358,8 @@ cdef class ConvReLUPoolPlan:
         self.w2 = np.ascontiguousarray(w, dtype=self.dtype).reshape(self.g.conv.F,
                                                                     self.g.conv.K)
         self.b = np.ascontiguousarray(b, dtype=self.dtype)
-        self.workspace = self._new_workspace()
+        self.workspace = forward_workspace(&self.g, self.threads, self.dtype, self.threads)
         self.busy = False
-
-    def _new_workspace(self):
-        """(pad_work, work, conv, arg) for ``threads`` threads: each thread's padded
-        image, cols, conv output and (unkept) argmax."""
-        T, c = self.threads, self.g.conv
-        return (np.empty((T, c.C * c.plane), dtype=self.dtype),
-                np.empty((T, c.K, c.L), dtype=self.dtype),
-                np.empty((T, c.F, c.L), dtype=self.dtype),
-                np.empty((T, c.F, self.g.Hp * self.g.Wp), dtype=np.int64))
 
     def run(self, x):
         """out (N, F, Hp, Wp) for x (N, C, H, W); see the class docstring."""
@@ -371,16 +377,12 @@ cdef class ConvReLUPoolPlan:
         filter_blocks, loop_threads = (self.splits[N - 1] if N < self.threads
                                        else (1, self.threads))
         own = not self.busy
-        workspace = self.workspace if own else self._new_workspace()
+        workspace = (self.workspace if own else
+                     forward_workspace(&self.g, self.threads, self.dtype, self.threads))
         self.busy = True
         try:
-            pad_work, work, conv, arg = workspace
-            if self.dtype == np.float32:
-                forward_nogil[float](x, self.w2, self.b, out, arg, True, pad_work, work, conv,
-                                     self.g, filter_blocks, loop_threads)
-            else:
-                forward_nogil[double](x, self.w2, self.b, out, arg, True, pad_work, work,
-                                      conv, self.g, filter_blocks, loop_threads)
+            run_forward(x, self.w2, self.b, out, True, workspace, self.g, filter_blocks,
+                        loop_threads)
         finally:
             if own:
                 self.busy = False

@@ -100,6 +100,14 @@ cdef void dense_forward_nogil(const floating[:, ::1] x, const floating[:, ::1] w
         dense_forward_kernel(x, w, b, out, relu, threads)
 
 
+cdef run_dense_forward(x, w, b, out, bint relu, int threads):
+    """dense_forward_nogil for x's dtype."""
+    if x.dtype == np.float32:
+        dense_forward_nogil[float](x, w, b, out, relu, threads)
+    else:
+        dense_forward_nogil[double](x, w, b, out, relu, threads)
+
+
 cdef void dense_backward_kernel(const floating[:, ::1] x, const floating[:, ::1] w,
                                 const floating[:, ::1] dout, floating[:, ::1] dx,
                                 floating[:, ::1] dw, int threads) noexcept nogil:
@@ -138,10 +146,7 @@ def dense_forward(x, w, b, *, relu=False, threads=None):
     nt = min(_gemm_threads(threads, N, D, M), M)
     out = np.empty((N, M), dtype=x.dtype)
     with blas_threads(1):
-        if x.dtype == np.float32:
-            dense_forward_nogil[float](x, w, b, out, bool(relu), nt)
-        else:
-            dense_forward_nogil[double](x, w, b, out, bool(relu), nt)
+        run_dense_forward(x, w, b, out, bool(relu), nt)
     return out, (None if relu else (x, w, b))
 
 
@@ -218,13 +223,8 @@ cdef class DensePlan:
         out = np.empty((N, self.M), dtype=self.dtype)
         if N == 0:
             return out
-        # _gemm_threads' rule, in C: a thread per GEMM_WORK_PER_THREAD multiply-adds
-        cdef Py_ssize_t nt = N * self.D * self.M // GEMM_WORK_PER_THREAD
-        nt = max(1, min(nt, self.threads, self.M))
-        if self.dtype == np.float32:
-            dense_forward_nogil[float](x, self.w, self.b, out, self.relu, <int>nt)
-        else:
-            dense_forward_nogil[double](x, self.w, self.b, out, self.relu, <int>nt)
+        run_dense_forward(x, self.w, self.b, out, self.relu,
+                          min(_gemm_threads(self.threads, N, self.D, self.M), self.M))
         return out
 
     def __call__(self, x):

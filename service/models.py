@@ -84,9 +84,10 @@ class ServedModel:
         self.path = path
         self.file = self.key = file or os.path.basename(path)   # relative to the folder
         self.model = model
-        # What the forward passes run: the model prepared once (cnn.plan), a
-        # snapshot of its weights, whose answers never depend on an earlier call.
-        self.plan = model.compile()
+        # What the forward passes run: the model prepared once (cnn.plan), whose
+        # answers never depend on an earlier call. A served model never changes,
+        # so the plan uses its arrays instead of a second copy of every weight.
+        self.plan = model.compile(copy=False)
         self.lock = lock if lock is not None else threading.Lock()
         meta = model.meta or {}
         self.meta = meta

@@ -282,3 +282,20 @@ def test_plan_of_a_model_holding_something_that_cannot_be_copied():
     assert plan.model.handle is model.handle
     x = batch(model, 2)
     np.testing.assert_array_equal(plan(x), model.forward(x, training=False, need_cache=False))
+
+
+def test_plan_without_a_copy_runs_the_models_own_arrays():
+    # What the service does (a served model never changes): no second copy of the
+    # weights; the answers are the same.
+    model = built("convnet_bn")
+    plan = model.compile(copy=False)
+    assert plan.model is model
+    x = batch(model, 9)
+    np.testing.assert_array_equal(plan(x), model.forward(x, training=False, need_cache=False))
+    dense = model.layers[-1]
+    before = plan(x)
+    dense.params["w"] *= 2          # the plan reads the model's own dense weights
+    assert not np.array_equal(plan(x), before)
+    with pytest.raises(ValueError, match="copy=False runs the model's own layers"):
+        model.compile(threads=1, copy=False)
+    assert model.compile(threads=2, copy=False).model is model
